@@ -1,0 +1,77 @@
+//! Socket options the mesh depends on.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use nix::sys::socket::{getsockopt, sockopt};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Mark on every socket the mesh itself opens, so redirection never loops it back.
+pub const MESH_MARK: u32 = 0x539;
+
+/// The destination a connection had before nat REDIRECT sent it to us.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let local = stream.local_addr()?;
+    match local {
+        SocketAddr::V4(_) => {
+            let sa = getsockopt(stream, sockopt::OriginalDst)?;
+            let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sa.sin_port),
+            )))
+        }
+        SocketAddr::V6(_) => {
+            let sa = getsockopt(stream, sockopt::Ip6tOriginalDst)?;
+            let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sa.sin6_port),
+                0,
+                0,
+            )))
+        }
+    }
+}
+
+/// A marked, non-blocking TCP socket for `dst`'s family, created in the caller's namespace.
+/// With `spoof_source`, it binds to a foreign address (IP_TRANSPARENT) so the local app sees
+/// the real client address.
+pub fn mesh_socket(dst: SocketAddr, spoof_source: Option<IpAddr>) -> io::Result<TcpSocket> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    socket.set_mark(MESH_MARK)?;
+    socket.set_nodelay(true)?;
+    if let Some(src) = spoof_source {
+        // IP_TRANSPARENT lives at SOL_IP but Linux honours it on IPv6 sockets too.
+        socket.set_ip_transparent(true)?;
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+    }
+    Ok(TcpSocket::from_std_stream(socket.into()))
+}
+
+/// A listener on `addr` with the options every mesh listener wants.
+pub fn mesh_listener(addr: SocketAddr, transparent: bool) -> io::Result<tokio::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_mark(MESH_MARK)?;
+    if transparent {
+        socket.set_ip_transparent(true)?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("binding listener on {addr}: {e}")))?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
