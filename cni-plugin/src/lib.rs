@@ -1,1 +1,7 @@
+//! Ambit's chained CNI plugin and node agent.
+//!
+//! For now this holds [`redirect`]: the in-pod redirection rules the node
+//! agent installs inside each enrolled pod's network namespace.
+#![forbid(unsafe_code)]
 
+pub mod redirect;

@@ -65,7 +65,6 @@ pub fn mesh_listener(addr: SocketAddr, transparent: bool) -> io::Result<tokio::n
     let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nodelay(true)?;
-    socket.set_mark(MESH_MARK)?;
     if transparent {
         socket.set_ip_transparent(true)?;
     }

@@ -61,3 +61,8 @@ pub fn validity_of(der: &[u8]) -> Result<(SystemTime, SystemTime), CertParseErro
     let v = cert.validity();
     Ok((to_system(v.not_before), to_system(v.not_after)))
 }
+
+/// The certificate's serial number in hex (shown by admin endpoints to spot rotations).
+pub fn serial_of(der: &[u8]) -> Result<String, CertParseError> {
+    Ok(parse(der)?.raw_serial_as_string())
+}

@@ -1,0 +1,239 @@
+//! The in-pod model: one ztunnel serves every captured pod on its node by opening that pod's
+//! listeners inside the pod's own network namespace, with the pod's own identity.
+//!
+//! Pods arrive as (workload, namespace fd). In file mode the namespace comes from the
+//! config's `netns` path; in a cluster the node agent sends the fd over a Unix socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ambit_core::netns::Netns;
+use ambit_core::socket::mesh_listener;
+use ambit_core::tls::server_config;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+use crate::proxy::{
+    inbound, inbound_plain, outbound, PodContext, ProxyInputs, HBONE_PORT, INBOUND_PLAINTEXT_PORT,
+    OUTBOUND_PORT,
+};
+use crate::state::{ProxyState, Workload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InpodError {
+    #[error("pod {uid}: opening network namespace: {source}")]
+    Netns { uid: String, source: std::io::Error },
+    #[error("pod {uid}: certificate for {identity}: {source}")]
+    Cert {
+        uid: String,
+        identity: String,
+        source: ambit_core::certs::CertError,
+    },
+    #[error("pod {uid}: opening listeners in its network namespace: {source}")]
+    Listen { uid: String, source: std::io::Error },
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    pub uid: String,
+    pub ip: std::net::IpAddr,
+    pub identity: String,
+    pub netns_inode: u64,
+    pub listeners: Vec<u16>,
+}
+
+struct RunningPod {
+    ctx: Arc<PodContext>,
+    source: Option<std::path::PathBuf>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RunningPod {
+    fn drop(&mut self) {
+        // Stops accepting; connections already open finish on their own tasks.
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+pub struct InpodManager {
+    inputs: Arc<ProxyInputs>,
+    pods: HashMap<String, RunningPod>,
+    failures: HashMap<String, String>,
+    status: Arc<RwLock<Vec<PodStatus>>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl InpodManager {
+    pub fn new(inputs: Arc<ProxyInputs>) -> Self {
+        Self {
+            inputs,
+            pods: HashMap::new(),
+            failures: HashMap::new(),
+            status: Arc::default(),
+            ready: Arc::default(),
+        }
+    }
+
+    /// Live view of served pods, for the admin endpoint.
+    pub fn status(&self) -> Arc<RwLock<Vec<PodStatus>>> {
+        self.status.clone()
+    }
+    /// True once the first reconcile has finished.
+    pub fn ready(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    fn publish(&self) {
+        let mut pods: Vec<PodStatus> = self
+            .pods
+            .values()
+            .map(|p| PodStatus {
+                uid: p.ctx.uid.clone(),
+                ip: p.ctx.ip,
+                identity: p.ctx.identity.to_string(),
+                netns_inode: p.ctx.netns.inode(),
+                listeners: vec![OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT],
+            })
+            .collect();
+        pods.sort_by(|a, b| a.uid.cmp(&b.uid));
+        self.inputs.metrics.captured_pods.set(pods.len() as i64);
+        *self.status.write().expect("status lock poisoned") = pods;
+    }
+
+    /// Starts serving a pod. Idempotent for the same pod, namespace and identity.
+    pub async fn add_pod(&mut self, w: &Workload, netns: Netns) -> Result<(), InpodError> {
+        if let Some(p) = self.pods.get(&w.uid) {
+            if p.ctx.ip == w.ip
+                && p.ctx.identity == w.identity
+                && p.ctx.netns.inode() == netns.inode()
+            {
+                return Ok(());
+            }
+            self.remove_pod(&w.uid);
+        }
+        let uid = w.uid.clone();
+        let cert = self
+            .inputs
+            .certs
+            .slot(&w.identity)
+            .await
+            .map_err(|source| InpodError::Cert {
+                uid: uid.clone(),
+                identity: w.identity.to_string(),
+                source,
+            })?;
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        let listeners = netns
+            .run(|| -> std::io::Result<_> {
+                Ok((
+                    mesh_listener(any(OUTBOUND_PORT), false)?,
+                    mesh_listener(any(INBOUND_PLAINTEXT_PORT), false)?,
+                    mesh_listener(any(HBONE_PORT), false)?,
+                ))
+            })
+            .and_then(|r| r)
+            .map_err(|source| InpodError::Listen {
+                uid: uid.clone(),
+                source,
+            })?;
+        let ctx = Arc::new(PodContext {
+            uid: uid.clone(),
+            ip: w.ip,
+            identity: w.identity.clone(),
+            netns,
+            server_tls: server_config(cert.clone()),
+            cert,
+        });
+        let (out, plain, hbone) = listeners;
+        let inputs = &self.inputs;
+        let tasks = vec![
+            tokio::spawn(outbound::serve(out, ctx.clone(), inputs.clone())),
+            tokio::spawn(inbound_plain::serve(plain, ctx.clone(), inputs.clone())),
+            tokio::spawn(inbound::serve(hbone, ctx.clone(), inputs.clone())),
+        ];
+        info!(pod = %uid, ip = %w.ip, identity = %w.identity, "pod captured: listeners open in its namespace");
+        self.pods.insert(
+            uid,
+            RunningPod {
+                ctx,
+                source: w.netns.clone(),
+                tasks,
+            },
+        );
+        self.publish();
+        Ok(())
+    }
+
+    pub fn remove_pod(&mut self, uid: &str) -> bool {
+        let removed = self.pods.remove(uid).is_some();
+        if removed {
+            info!(pod = %uid, "pod released: listeners closed");
+            self.publish();
+        }
+        removed
+    }
+
+    /// File mode: serve exactly the captured local workloads that name a namespace.
+    pub async fn reconcile(&mut self, state: &ProxyState) {
+        let node = self.inputs.node.clone();
+        let desired: HashMap<&str, &Arc<Workload>> = state
+            .local_workloads(&node)
+            .filter(|w| w.netns.is_some())
+            .map(|w| (w.uid.as_str(), w))
+            .collect();
+        let stale: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(uid, p)| match desired.get(uid.as_str()) {
+                None => true,
+                Some(w) => w.ip != p.ctx.ip || w.identity != p.ctx.identity || w.netns != p.source,
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in stale {
+            self.remove_pod(&uid);
+        }
+        self.failures.clear();
+        for (uid, w) in desired {
+            if self.pods.contains_key(uid) {
+                continue;
+            }
+            let path = w.netns.as_ref().expect("filtered above");
+            let result = match Netns::open(path) {
+                Ok(ns) => self.add_pod(w, ns).await,
+                Err(source) => Err(InpodError::Netns {
+                    uid: uid.to_string(),
+                    source,
+                }),
+            };
+            if let Err(e) = result {
+                error!(error = %e, "could not capture pod; will retry");
+                self.inputs.metrics.fail("node", "pod_capture_failed");
+                self.failures.insert(uid.to_string(), e.to_string());
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Drives file-mode reconciliation: on every config change, and every few seconds while
+    /// some pod failed to be captured.
+    pub async fn run_file_mode(mut self) {
+        let mut rx = self.inputs.state.clone();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            self.reconcile(&state).await;
+            let retry = !self.failures.is_empty();
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(2)), if retry => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Where config comes from. Today: a local YAML file, re-read when it changes. The operator's
+//! config stream implements the same [`ConfigSource`] interface.
+//!
+//! A bad update is logged, counted (`ambit_config_reloads_total{result="error"}`) and
+//! ignored: the proxies keep serving the last good config.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ambit_core::certs::BoxFuture;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::MeshConfig;
+use crate::metrics::{Metrics, ResultLabels};
+use crate::state::{ProxyState, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: StateError,
+    },
+}
+
+/// Delivers mesh state: the first value is the initial state, later values replace it.
+pub trait ConfigSource: Send + 'static {
+    fn start(
+        self: Box<Self>,
+        metrics: Arc<Metrics>,
+    ) -> BoxFuture<'static, Result<watch::Receiver<Arc<ProxyState>>, SourceError>>;
+}
+
+/// Polls a YAML file for changes.
+pub struct FileSource {
+    pub path: PathBuf,
+    pub interval: Duration,
+}
+
+pub fn load_file(path: &Path) -> Result<(Vec<u8>, ProxyState), SourceError> {
+    let bytes = std::fs::read(path).map_err(|source| SourceError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let state = parse(path, &bytes)?;
+    Ok((bytes, state))
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<ProxyState, SourceError> {
+    let cfg: MeshConfig = serde_yaml::from_slice(bytes).map_err(|e| SourceError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    ProxyState::build(&cfg).map_err(|source| SourceError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn count(metrics: &Metrics, result: &str) {
+    metrics
+        .config_reloads
+        .get_or_create(&ResultLabels {
+            result: result.into(),
+        })
+        .inc();
+}
+
+impl ConfigSource for FileSource {
+    fn start(
+        self: Box<Self>,
+        metrics: Arc<Metrics>,
+    ) -> BoxFuture<'static, Result<watch::Receiver<Arc<ProxyState>>, SourceError>> {
+        Box::pin(async move {
+            let (mut last, state) = load_file(&self.path)?;
+            count(&metrics, "ok");
+            let (tx, rx) = watch::channel(Arc::new(state));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(self.interval).await;
+                    if tx.is_closed() {
+                        return;
+                    }
+                    let bytes = match std::fs::read(&self.path) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            error!(path = %self.path.display(), error = %e, "config file unreadable; keeping last good config");
+                            continue;
+                        }
+                    };
+                    if bytes == last {
+                        continue;
+                    }
+                    last = bytes;
+                    match parse(&self.path, &last) {
+                        Ok(state) => {
+                            info!(path = %self.path.display(), workloads = state.workloads.len(), services = state.services.len(), "config reloaded");
+                            count(&metrics, "ok");
+                            tx.send_replace(Arc::new(state));
+                        }
+                        Err(e) => {
+                            error!(error = %e, "config rejected; keeping last good config");
+                            count(&metrics, "error");
+                        }
+                    }
+                }
+            });
+            Ok(rx)
+        })
+    }
+}
