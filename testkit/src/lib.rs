@@ -21,6 +21,7 @@
 mod capture;
 mod child;
 mod error;
+pub mod mesh;
 mod netns;
 mod ping;
 mod topology;

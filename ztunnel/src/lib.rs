@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod cli;
 pub mod config;
 pub mod inpod;
 pub mod metrics;

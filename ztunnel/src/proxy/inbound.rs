@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ambit_core::hbone::server::{serve_tls, Accepted, Handler, HboneRequest, Reject};
+use ambit_core::hbone::server::{serve_tls, Accepted, Handler, HboneRequest, Reject, ServeError};
 use ambit_core::socket::mesh_socket;
 use http::StatusCode;
 use tracing::{debug, info};
@@ -19,14 +19,20 @@ pub async fn serve(
 ) {
     let handler = InboundHandler {
         pod: pod.clone(),
-        inputs,
+        inputs: inputs.clone(),
     };
     super::accept_loop(listener, "inbound", move |tcp, peer| {
         let cfg = pod.server_tls.clone();
         let handler = handler.clone();
+        let metrics = inputs.metrics.clone();
         async move {
-            if let Err(error) = serve_tls(tcp, cfg, handler).await {
-                debug!(%peer, %error, "inbound HBONE connection ended");
+            match serve_tls(tcp, cfg, handler).await {
+                Err(error @ (ServeError::Tls { .. } | ServeError::NoIdentity(_))) => {
+                    info!(%peer, %error, "inbound: mTLS handshake refused");
+                    metrics.fail("destination", "tls_handshake_failed");
+                }
+                Err(error) => debug!(%peer, %error, "inbound HBONE connection ended"),
+                Ok(()) => {}
             }
         }
     })

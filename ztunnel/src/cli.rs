@@ -1,0 +1,126 @@
+//! The `ztunnel` command line (shared by the binary and the benchmark, which re-executes it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::source::FileSource;
+use crate::{Options, Ztunnel};
+use ambit_core::ca::CertificateAuthority;
+use ambit_core::certs::LocalCa;
+use ambit_core::hbone::client::PoolConfig;
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Ambit's per-node L4 tunnel: mTLS (HBONE) for every captured pod on this node"
+)]
+pub struct Args {
+    /// Name of the node this ztunnel serves.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Mesh config (workloads, services, policies) as YAML; re-read when it changes.
+    #[arg(long, env = "AMBIT_CONFIG")]
+    config: PathBuf,
+    /// How often to check the config file for changes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reload_interval: Duration,
+    /// Mesh CA certificate (PEM) used to issue workload certificates locally.
+    #[arg(long, env = "AMBIT_CA_CERT")]
+    ca_cert: PathBuf,
+    /// Mesh CA private key (PKCS#8 PEM).
+    #[arg(long, env = "AMBIT_CA_KEY")]
+    ca_key: PathBuf,
+    /// Extra trust roots (PEM), e.g. the next root during a root rotation.
+    #[arg(long)]
+    extra_root: Vec<PathBuf>,
+    /// SPIFFE trust domain of the CA.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates; they rotate at half of it.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    leaf_ttl: Duration,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
+    /// Tokio worker threads (ztunnel is I/O bound; 2 suits most nodes).
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
+    /// Close pooled HBONE connections idle this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pool_idle_timeout: Duration,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn read_pem(path: &PathBuf, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))
+}
+
+/// Parses `args` (argv without the program name) and runs ztunnel until SIGTERM.
+pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> anyhow::Result<()> {
+    let args = Args::parse_from(std::iter::once("ztunnel".into()).chain(args));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    let ca = CertificateAuthority::from_pem(
+        &args.trust_domain,
+        &read_pem(&args.ca_cert, "CA certificate")?,
+        &read_pem(&args.ca_key, "CA key")?,
+    )
+    .context("loading the mesh CA")?;
+    let mut extra_roots = vec![];
+    for path in &args.extra_root {
+        let pem = read_pem(path, "extra trust root")?;
+        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            extra_roots.push(cert.with_context(|| format!("parsing {}", path.display()))?);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let _zt = Ztunnel::start(Options {
+            node: args.node.clone(),
+            source: Box::new(FileSource {
+                path: args.config.clone(),
+                interval: args.reload_interval,
+            }),
+            certs: Arc::new(LocalCa {
+                ca: Arc::new(ca),
+                leaf_ttl: args.leaf_ttl,
+                extra_roots,
+            }),
+            admin_addr: args.admin_addr,
+            metrics_addr: args.metrics_addr,
+            readiness_addr: args.readiness_addr,
+            pool: PoolConfig {
+                idle_timeout: args.pool_idle_timeout,
+                ..PoolConfig::default()
+            },
+        })
+        .await?;
+        info!(node = %args.node, config = %args.config.display(), "ztunnel started");
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+        }
+        anyhow::Ok(())
+    })
+}
