@@ -10,6 +10,12 @@ use std::path::Path;
 
 use nix::sched::{setns, CloneFlags};
 
+thread_local! {
+    /// The namespace each thread lives in. `run` always moves the thread back before
+    /// returning, so it is fixed for the thread's life and opened once, not per socket.
+    static HOME: io::Result<Netns> = Netns::current();
+}
+
 /// An open handle on a network namespace.
 #[derive(Debug)]
 pub struct Netns {
@@ -48,18 +54,23 @@ impl Netns {
     /// Runs `f` with the calling thread inside this namespace, then moves it back.
     /// `f` must not block on async work: it is for creating sockets.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
-        let home = Self::current()?;
-        if home.inode == self.inode {
-            return Ok(f());
-        }
-        setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        let out = f();
-        if let Err(e) = setns(home.fd.as_fd(), CloneFlags::CLONE_NEWNET) {
-            // A worker thread stranded in a pod's namespace would misroute every socket it
-            // creates later; dying is the only safe answer.
-            panic!("could not return thread to its network namespace: {e}");
-        }
-        Ok(out)
+        HOME.with(|home| {
+            let home = match home {
+                Ok(h) => h,
+                Err(e) => return Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            if home.inode == self.inode {
+                return Ok(f());
+            }
+            setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            let out = f();
+            if let Err(e) = setns(home.fd.as_fd(), CloneFlags::CLONE_NEWNET) {
+                // A worker thread stranded in a pod's namespace would misroute every socket
+                // it creates later; dying is the only safe answer.
+                panic!("could not return thread to its network namespace: {e}");
+            }
+            Ok(out)
+        })
     }
 
     pub fn try_clone(&self) -> io::Result<Self> {
@@ -71,5 +82,17 @@ impl Netns {
 
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_in_own_namespace_is_a_plain_call() {
+        let me = Netns::current().unwrap();
+        assert_eq!(me.run(|| 7).unwrap(), 7);
+        assert_eq!(Netns::current().unwrap().inode(), me.inode());
     }
 }

@@ -65,6 +65,8 @@ where
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Proxied request/response traffic must not wait on Nagle's algorithm.
+                let _ = stream.set_nodelay(true);
                 tokio::spawn(handle(stream, peer));
             }
             Err(error) => {
