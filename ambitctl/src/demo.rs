@@ -1,12 +1,12 @@
 //! The L4 sandbox demo: Bookinfo-shaped pods on two nodes, a ztunnel per node, traffic by
 //! Service VIP, and proof from the wire that it is encrypted.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ambit_testkit::apps::{ask_once, LineApp};
 use ambit_testkit::mesh::{metric_sum, Mesh};
 use ambit_testkit::{contains, tcp_payloads_to_port, Capture};
 use anyhow::{bail, Context};
@@ -30,47 +30,13 @@ fn step(json: bool, msg: &str) {
     }
 }
 
-/// A pod app answering each line with `<pod> <caller-ip> <line>`.
-fn serve(mesh: &Mesh, pod: usize, port: u16) -> anyhow::Result<()> {
-    let name = mesh.pod(pod).pod.name.clone();
-    let listener = mesh
-        .pod(pod)
-        .pod
-        .ns
-        .run(|| TcpListener::bind(("0.0.0.0", port)))?;
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let name = name.clone();
-            std::thread::spawn(move || {
-                let peer = conn
-                    .peer_addr()
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_default();
-                let Ok(mut out) = conn.try_clone() else {
-                    return;
-                };
-                for line in BufReader::new(conn).lines().map_while(Result::ok) {
-                    if writeln!(out, "{name} {peer} {line}").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
+fn serve(mesh: &Mesh, pod: usize, port: u16) -> anyhow::Result<LineApp> {
+    let p = &mesh.pod(pod).pod;
+    Ok(LineApp::start(&p.ns, &p.name, port)?)
 }
 
 fn call(mesh: &Mesh, from: usize, dst: SocketAddr) -> anyhow::Result<String> {
-    let s = mesh
-        .pod(from)
-        .pod
-        .ns
-        .run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(3)))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    writeln!(&s, "{SECRET}")?;
-    let mut answer = String::new();
-    BufReader::new(&s).read_line(&mut answer)?;
-    Ok(answer.trim().to_string())
+    Ok(ask_once(&mesh.pod(from).pod.ns, dst, SECRET)?.server)
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -141,9 +107,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     m.start_ztunnel(0)?;
     m.start_ztunnel(1)?;
-    for p in [reviews_v1, reviews_v2, reviews_v3, legacy] {
-        serve(&m, p, 9080)?;
-    }
+    let _apps = [reviews_v1, reviews_v2, reviews_v3, legacy]
+        .map(|p| serve(&m, p, 9080))
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let vip: SocketAddr = "10.96.0.20:9080".parse()?;
     step(
@@ -159,9 +126,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         && (args.seconds == 0 || started.elapsed() < Duration::from_secs(args.seconds))
     {
         match call(&m, productpage, vip) {
-            Ok(answer) => {
+            Ok(who) => {
                 ok += 1;
-                let who = answer.split(' ').next().unwrap_or("?").to_string();
                 *by_version.entry(who).or_default() += 1;
             }
             Err(_) => failed += 1,
@@ -178,11 +144,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let frames = capture.stop();
     let plaintext_on_wire = contains(&frames, SECRET.as_bytes());
     let hbone_records = tcp_payloads_to_port(&frames, 15008).len();
-    let legacy_answer = call(
-        &m,
-        productpage,
+    let legacy_answer = ask_once(
+        &m.pod(productpage).pod.ns,
         SocketAddr::new(IpAddr::V4(m.ip(legacy)), 9080),
+        SECRET,
     )
+    .map(|a| format!("{} {} {}", a.server, a.peer, a.echo))
     .unwrap_or_else(|e| format!("error: {e}"));
     let certs = m.admin(0, "/certs")?;
     let metrics = m.metrics(0);

@@ -18,6 +18,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod apps;
 mod capture;
 mod child;
 mod error;
