@@ -39,6 +39,8 @@ pub struct ZtunnelOpts {
     /// Another CA: (cert, key, trust domain).
     pub ca: Option<(PathBuf, PathBuf, String)>,
     pub extra_args: Vec<String>,
+    /// Return as soon as the process is spawned instead of waiting for readiness.
+    pub no_wait: bool,
 }
 
 pub struct Mesh {
@@ -234,11 +236,30 @@ impl Mesh {
             .stderr(out);
         let child = self.topo.nodes[node].ns.spawn(cmd)?;
         self.ztunnels[node] = Some(child);
+        if opts.no_wait {
+            return Ok(());
+        }
         self.wait_ready(node, Duration::from_secs(20))
     }
 
     pub fn stop_ztunnel(&mut self, node: usize) {
         self.ztunnels[node] = None;
+    }
+
+    /// The ztunnel's exit status, if it has exited.
+    pub fn ztunnel_exited(&mut self, node: usize) -> Option<std::process::ExitStatus> {
+        self.ztunnels[node]
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The readiness endpoint's (status, body).
+    pub fn readiness(&self, node: usize) -> Result<(u16, String), Error> {
+        self.http_get(
+            node,
+            SocketAddr::from((self.topo.nodes[node].ip, 15021)),
+            "/healthz/ready",
+        )
     }
 
     pub fn ztunnel_pid(&self, node: usize) -> Option<u32> {

@@ -34,8 +34,13 @@ where
     F: Fn(&http::Request<Incoming>) -> Reply + Clone + Send + Sync + 'static,
 {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(_) => {
+                // Out of fds or similar: back off rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let handler = handler.clone();
         tokio::spawn(async move {
@@ -57,6 +62,7 @@ where
 pub struct AdminState {
     pub inputs: Arc<ProxyInputs>,
     pub pods: Arc<RwLock<Vec<PodStatus>>>,
+    pub failures: Arc<RwLock<std::collections::BTreeMap<String, String>>>,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -110,6 +116,7 @@ impl AdminState {
             "/config_dump" => json(serde_json::json!({
                 "node": self.inputs.node,
                 "pods": *self.pods.read().expect("status lock poisoned"),
+                "captureFailures": *self.failures.read().expect("failures lock poisoned"),
                 "certificates": self.certs(),
                 "state": &*self.inputs.state(),
                 "pool": {"connections": self.inputs.pool.connections()},
@@ -142,14 +149,25 @@ impl AdminState {
 
     pub fn readiness(&self, req: &http::Request<Incoming>) -> Reply {
         match req.uri().path() {
-            "/healthz/ready" if self.ready.load(Ordering::Acquire) => {
-                reply(StatusCode::OK, "text/plain", "ready\n")
-            }
-            "/healthz/ready" => reply(
+            "/healthz/ready" if !self.ready.load(Ordering::Acquire) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
-                "not ready: pods not yet captured\n",
+                "not ready: local pods not yet captured\n",
             ),
+            "/healthz/ready" => {
+                let failures = self.failures.read().expect("failures lock poisoned");
+                if failures.is_empty() {
+                    return reply(StatusCode::OK, "text/plain", "ready\n");
+                }
+                let mut body = format!(
+                    "not ready: {} pod(s) cannot be captured (retrying):\n",
+                    failures.len()
+                );
+                for (uid, why) in failures.iter() {
+                    body.push_str(&format!("  {uid}: {why}\n"));
+                }
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
+            }
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",

@@ -19,7 +19,7 @@ pub const ROOT_NAMESPACE: &str = "ambit-system";
 pub enum PolicyError {
     #[error("ipBlocks entry {0:?} is not an address or CIDR (e.g. 10.0.0.0/8)")]
     BadCidr(String),
-    #[error("principal {0:?}: '*' may only appear at the start or end")]
+    #[error("pattern {0:?}: '*' may only appear alone, at the start or at the end")]
     BadPattern(String),
 }
 

@@ -100,6 +100,7 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
             source: Box::new(FileSource {
                 path: args.config.clone(),
                 interval: args.reload_interval,
+                trust_domain: Some(args.trust_domain.clone()),
             }),
             certs: Arc::new(LocalCa {
                 ca: Arc::new(ca),

@@ -4,7 +4,7 @@
 //! Pods arrive as (workload, namespace fd). In file mode the namespace comes from the
 //! config's `netns` path; in a cluster the node agent sends the fd over a Unix socket.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -25,7 +25,7 @@ use crate::state::{ProxyState, Workload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InpodError {
-    #[error("pod {uid}: opening network namespace: {source}")]
+    #[error("pod {uid}: {source}")]
     Netns { uid: String, source: std::io::Error },
     #[error("pod {uid}: certificate for {identity}: {source}")]
     Cert {
@@ -33,7 +33,7 @@ pub enum InpodError {
         identity: String,
         source: ambit_core::certs::CertError,
     },
-    #[error("pod {uid}: opening listeners in its network namespace: {source}")]
+    #[error("pod {uid}: opening listeners in its network namespace: {source} (ztunnel needs CAP_SYS_ADMIN to enter pod namespaces, and nothing else may hold ports 15001/15006/15008 there)")]
     Listen { uid: String, source: std::io::Error },
 }
 
@@ -65,7 +65,7 @@ impl Drop for RunningPod {
 pub struct InpodManager {
     inputs: Arc<ProxyInputs>,
     pods: HashMap<String, RunningPod>,
-    failures: HashMap<String, String>,
+    failures: Arc<RwLock<BTreeMap<String, String>>>,
     status: Arc<RwLock<Vec<PodStatus>>>,
     ready: Arc<AtomicBool>,
 }
@@ -75,7 +75,7 @@ impl InpodManager {
         Self {
             inputs,
             pods: HashMap::new(),
-            failures: HashMap::new(),
+            failures: Arc::default(),
             status: Arc::default(),
             ready: Arc::default(),
         }
@@ -84,6 +84,10 @@ impl InpodManager {
     /// Live view of served pods, for the admin endpoint.
     pub fn status(&self) -> Arc<RwLock<Vec<PodStatus>>> {
         self.status.clone()
+    }
+    /// Pods that should be captured but could not be, with why (retried every 2 s).
+    pub fn failures(&self) -> Arc<RwLock<BTreeMap<String, String>>> {
+        self.failures.clone()
     }
     /// True once the first reconcile has finished.
     pub fn ready(&self) -> Arc<AtomicBool> {
@@ -183,9 +187,18 @@ impl InpodManager {
     /// File mode: serve exactly the captured local workloads that name a namespace.
     pub async fn reconcile(&mut self, state: &ProxyState) {
         let node = self.inputs.node.clone();
+        let mut failures = BTreeMap::new();
         let desired: HashMap<&str, &Arc<Workload>> = state
             .local_workloads(&node)
-            .filter(|w| w.netns.is_some())
+            .filter(|w| {
+                if w.netns.is_none() {
+                    failures.insert(
+                        w.uid.clone(),
+                        "no `netns` in the config: in file mode every captured pod on this node needs its namespace path".to_string(),
+                    );
+                }
+                w.netns.is_some()
+            })
             .map(|w| (w.uid.as_str(), w))
             .collect();
         let stale: Vec<String> = self
@@ -200,7 +213,6 @@ impl InpodManager {
         for uid in stale {
             self.remove_pod(&uid);
         }
-        self.failures.clear();
         for (uid, w) in desired {
             if self.pods.contains_key(uid) {
                 continue;
@@ -214,11 +226,22 @@ impl InpodManager {
                 }),
             };
             if let Err(e) = result {
-                error!(error = %e, "could not capture pod; will retry");
                 self.inputs.metrics.fail("node", "pod_capture_failed");
-                self.failures.insert(uid.to_string(), e.to_string());
+                failures.insert(uid.to_string(), e.to_string());
             }
         }
+        for (uid, why) in &failures {
+            if self
+                .failures
+                .read()
+                .expect("failures lock poisoned")
+                .get(uid)
+                != Some(why)
+            {
+                error!(pod = %uid, error = %why, "pod cannot be captured");
+            }
+        }
+        *self.failures.write().expect("failures lock poisoned") = failures;
         self.ready.store(true, Ordering::Release);
     }
 
@@ -229,7 +252,11 @@ impl InpodManager {
         loop {
             let state = rx.borrow_and_update().clone();
             self.reconcile(&state).await;
-            let retry = !self.failures.is_empty();
+            let retry = !self
+                .failures
+                .read()
+                .expect("failures lock poisoned")
+                .is_empty();
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(Duration::from_secs(2)), if retry => {}

@@ -60,6 +60,7 @@ impl Ztunnel {
             AdminState {
                 inputs: inputs.clone(),
                 pods: manager.status(),
+                failures: manager.failures(),
                 ready: manager.ready(),
             },
             opts.admin_addr,

@@ -25,6 +25,12 @@ pub enum SourceError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("config file {path}: trustDomain {found:?} does not match the mesh CA's trust domain {expected:?}; fix the file or ztunnel's --trust-domain")]
+    TrustDomain {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("config file {path}: {source}")]
     Invalid {
         path: PathBuf,
@@ -45,18 +51,33 @@ pub trait ConfigSource: Send + 'static {
 pub struct FileSource {
     pub path: PathBuf,
     pub interval: Duration,
+    /// The CA's trust domain: a config naming another one is rejected.
+    pub trust_domain: Option<String>,
 }
 
-pub fn load_file(path: &Path) -> Result<(Vec<u8>, ProxyState), SourceError> {
-    let bytes = std::fs::read(path).map_err(|source| SourceError::Read {
+fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
+    std::fs::read(path).map_err(|source| SourceError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    let state = parse(path, &bytes)?;
-    Ok((bytes, state))
+    })
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<ProxyState, SourceError> {
+impl FileSource {
+    fn parse(&self, bytes: &[u8]) -> Result<ProxyState, SourceError> {
+        let state = parse(&self.path, bytes)?;
+        match &self.trust_domain {
+            Some(expected) if *expected != state.trust_domain => Err(SourceError::TrustDomain {
+                path: self.path.clone(),
+                found: state.trust_domain,
+                expected: expected.clone(),
+            }),
+            _ => Ok(state),
+        }
+    }
+}
+
+/// Parses and validates a config file's contents.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<ProxyState, SourceError> {
     let cfg: MeshConfig = serde_yaml::from_slice(bytes).map_err(|e| SourceError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -82,27 +103,36 @@ impl ConfigSource for FileSource {
         metrics: Arc<Metrics>,
     ) -> BoxFuture<'static, Result<watch::Receiver<Arc<ProxyState>>, SourceError>> {
         Box::pin(async move {
-            let (mut last, state) = load_file(&self.path)?;
+            let mut last = read(&self.path)?;
+            let state = self.parse(&last)?;
             count(&metrics, "ok");
             let (tx, rx) = watch::channel(Arc::new(state));
             tokio::spawn(async move {
+                let mut unreadable = None;
                 loop {
                     tokio::time::sleep(self.interval).await;
                     if tx.is_closed() {
                         return;
                     }
-                    let bytes = match std::fs::read(&self.path) {
+                    let bytes = match read(&self.path) {
                         Ok(b) => b,
                         Err(e) => {
-                            error!(path = %self.path.display(), error = %e, "config file unreadable; keeping last good config");
+                            // Once per distinct error, not once per poll.
+                            let msg = e.to_string();
+                            if unreadable.as_ref() != Some(&msg) {
+                                error!(error = %msg, "config file unreadable; keeping last good config");
+                                count(&metrics, "error");
+                                unreadable = Some(msg);
+                            }
                             continue;
                         }
                     };
+                    unreadable = None;
                     if bytes == last {
                         continue;
                     }
                     last = bytes;
-                    match parse(&self.path, &last) {
+                    match self.parse(&last) {
                         Ok(state) => {
                             info!(path = %self.path.display(), workloads = state.workloads.len(), services = state.services.len(), "config reloaded");
                             count(&metrics, "ok");

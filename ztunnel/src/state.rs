@@ -190,7 +190,7 @@ impl ProxyState {
                     if services.insert(key, service.clone()).is_some() {
                         return Err(invalid(
                             path,
-                            format!("{key} is already used by another service"),
+                            format!("{key} is used twice (by this or another service)"),
                         ));
                     }
                 }
@@ -282,7 +282,7 @@ services:
         let dup = format!("{BASE}  - {{name: c, namespace: ns1, vips: [10.96.0.1], ports: [{{port: 80}}], selector: {{}}}}\n");
         let err = parse(&dup).unwrap_err();
         assert!(
-            err.contains("services[1] (ns1/c)") && err.contains("already used"),
+            err.contains("services[1] (ns1/c)") && err.contains("used twice"),
             "{err}"
         );
 

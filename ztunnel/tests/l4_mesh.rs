@@ -149,6 +149,7 @@ fn foreign_trust_domain_and_forged_identities_are_refused() {
             config: Some(evil_cfg),
             ca: Some((cert, key, "evil.example".into())),
             extra_args: vec!["--extra-root".into(), real_root.clone()],
+            ..Default::default()
         },
     )
     .unwrap();
@@ -160,6 +161,7 @@ fn foreign_trust_domain_and_forged_identities_are_refused() {
             config: None,
             ca: Some((cert, key, "cluster.local".into())),
             extra_args: vec!["--extra-root".into(), real_root],
+            ..Default::default()
         },
     )
     .unwrap();

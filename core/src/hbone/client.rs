@@ -185,7 +185,13 @@ impl Pool {
             h2_err(e)
         })?;
         let (response, send) = sender.send_request(req, false).map_err(h2_err)?;
-        let response = response.await.map_err(h2_err)?;
+        let response = tokio::time::timeout(self.inner.cfg.connect_timeout, response)
+            .await
+            .map_err(|_| HboneError::Timeout {
+                dst: key.dst,
+                after: self.inner.cfg.connect_timeout,
+            })?
+            .map_err(h2_err)?;
         if response.status() != StatusCode::OK {
             let reason = response
                 .headers()

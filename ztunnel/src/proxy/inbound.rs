@@ -50,6 +50,13 @@ impl Handler for InboundHandler {
         let pod = &self.pod;
         let metrics = &self.inputs.metrics;
         let principal = req.peer_identity.to_string();
+        if super::is_mesh_port(req.authority.port()) {
+            metrics.deny("destination", "destination_is_mesh_port", &principal, None);
+            return Err(Reject {
+                status: StatusCode::BAD_REQUEST,
+                reason: "destination_is_mesh_port",
+            });
+        }
         if req.authority.ip() != pod.ip {
             metrics.deny("destination", "destination_not_local", &principal, None);
             return Err(Reject {
@@ -84,7 +91,11 @@ impl Handler for InboundHandler {
         }
         let src_ip = req.peer_addr.ip();
         let upstream = match pod.netns.run(|| mesh_socket(req.authority, Some(src_ip))) {
-            Ok(Ok(socket)) => socket.connect(req.authority).await,
+            Ok(Ok(socket)) => {
+                tokio::time::timeout(super::CONNECT_TIMEOUT, socket.connect(req.authority))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            }
             Ok(Err(e)) | Err(e) => Err(e),
         };
         let upstream = upstream.map_err(|error| {

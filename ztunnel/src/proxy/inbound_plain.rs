@@ -9,7 +9,7 @@ use ambit_core::socket::{mesh_socket, original_dst};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::{copy_plain, reset, PodContext, ProxyInputs, HBONE_PORT};
+use super::{copy_plain, is_mesh_port, reset, PodContext, ProxyInputs};
 use crate::authz::{authorize, Connection};
 use crate::config::MtlsMode;
 use crate::metrics::ConnLabels;
@@ -33,16 +33,19 @@ async fn handle(
 ) {
     let metrics = &inputs.metrics;
     let dst = match original_dst(&downstream) {
-        Ok(d) if d.ip() == pod.ip && d.port() != HBONE_PORT => d,
-        _ => return reset(downstream),
+        Ok(d) if d.ip() == pod.ip && !is_mesh_port(d.port()) => d,
+        Ok(d) => {
+            debug!(%src, dst = %d, "inbound plaintext: refusing a connection aimed at a mesh port");
+            metrics.deny("destination", "destination_is_mesh_port", "unknown", None);
+            return reset(downstream);
+        }
+        Err(_) => return reset(downstream),
     };
     let state = inputs.state();
     let Some(workload) = pod.workload(&state) else {
         return reset(downstream);
     };
-    // The pod talking to itself by its own IP never left the pod.
-    let from_self = src.ip() == pod.ip;
-    if workload.mtls_mode == MtlsMode::Strict && !from_self {
+    if workload.mtls_mode == MtlsMode::Strict {
         info!(%src, %dst, workload = %workload.name, "inbound: plaintext refused (mTLS STRICT)");
         metrics.deny(
             "destination",
@@ -67,9 +70,10 @@ async fn handle(
         );
         return reset(downstream);
     }
-    let spoof = (!from_self).then_some(src.ip());
-    let upstream = match pod.netns.run(|| mesh_socket(dst, spoof)) {
-        Ok(Ok(socket)) => socket.connect(dst).await,
+    let upstream = match pod.netns.run(|| mesh_socket(dst, Some(src.ip()))) {
+        Ok(Ok(socket)) => tokio::time::timeout(super::CONNECT_TIMEOUT, socket.connect(dst))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
         Ok(Err(e)) | Err(e) => Err(e),
     };
     let upstream = match upstream {

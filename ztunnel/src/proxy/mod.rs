@@ -24,6 +24,15 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 pub use ambit_core::hbone::HBONE_PORT;
 
+/// Upper bound for connecting to an app or a non-mesh destination.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ports of ztunnel's own in-pod listeners. A connection *to* one of them must never be
+/// proxied: ztunnel would connect to itself, again and again, until it runs out of sockets.
+pub fn is_mesh_port(port: u16) -> bool {
+    matches!(port, OUTBOUND_PORT | INBOUND_PLAINTEXT_PORT | HBONE_PORT)
+}
+
 /// What every proxy on this node shares.
 pub struct ProxyInputs {
     pub node: String,

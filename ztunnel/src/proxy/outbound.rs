@@ -125,9 +125,11 @@ async fn hbone(
                         Some(&dst),
                     );
                 }
-                _ => warn!(%src, %target, %error, "outbound: HBONE connection failed"),
+                _ => {
+                    warn!(%src, %target, %error, "outbound: HBONE connection failed");
+                    inputs.metrics.fail("source", error.reason());
+                }
             }
-            inputs.metrics.fail("source", error.reason());
             return reset(downstream);
         }
     };
@@ -166,7 +168,10 @@ async fn passthrough(
             return reset(downstream);
         }
     };
-    match socket.connect(target).await {
+    match tokio::time::timeout(super::CONNECT_TIMEOUT, socket.connect(target))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    {
         Ok(upstream) => {
             let m = inputs.metrics.open(labels);
             copy_plain(downstream, upstream, m).await
