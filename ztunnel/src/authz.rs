@@ -23,12 +23,24 @@ pub enum PolicyError {
     BadPattern(String),
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 enum Pattern {
     Any,
     Exact(String),
     Prefix(String),
     Suffix(String),
+}
+
+/// Shown as written in the config (`*`, `prefix*`, `*suffix`, exact).
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Pattern::Any => s.serialize_str("*"),
+            Pattern::Exact(x) => s.serialize_str(x),
+            Pattern::Prefix(x) => s.collect_str(&format_args!("{x}*")),
+            Pattern::Suffix(x) => s.collect_str(&format_args!("*{x}")),
+        }
+    }
 }
 
 impl Pattern {
@@ -59,10 +71,16 @@ impl Pattern {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct Cidr {
     addr: IpAddr,
     len: u8,
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.addr, self.len))
+    }
 }
 
 impl Cidr {
@@ -100,6 +118,7 @@ impl Cidr {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Source {
     principals: Vec<Pattern>,
     not_principals: Vec<Pattern>,
@@ -110,9 +129,16 @@ struct Source {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ports {
+    ports: Vec<u16>,
+    not_ports: Vec<u16>,
+}
+
+#[derive(Clone, Debug, Serialize)]
 struct Rule {
     from: Vec<Source>,
-    to: Vec<(Vec<u16>, Vec<u16>)>,
+    to: Vec<Ports>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -173,9 +199,9 @@ impl Rule {
     fn matches(&self, c: &Connection) -> bool {
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(c)))
             && (self.to.is_empty()
-                || self.to.iter().any(|(ports, not_ports)| {
-                    (ports.is_empty() || ports.contains(&c.dst_port))
-                        && !not_ports.contains(&c.dst_port)
+                || self.to.iter().any(|t| {
+                    (t.ports.is_empty() || t.ports.contains(&c.dst_port))
+                        && !t.not_ports.contains(&c.dst_port)
                 }))
     }
 }
@@ -204,7 +230,10 @@ impl CompiledPolicy {
                     to: r
                         .to
                         .iter()
-                        .map(|t| (t.ports.clone(), t.not_ports.clone()))
+                        .map(|t| Ports {
+                            ports: t.ports.clone(),
+                            not_ports: t.not_ports.clone(),
+                        })
                         .collect(),
                 })
             })
