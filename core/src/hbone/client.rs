@@ -268,6 +268,7 @@ async fn dial(
         .map_err(|source| HboneError::Connect { dst, source })?;
     // The server name is unused by our verifier (it checks the SPIFFE ID), but rustls needs one.
     let name = ServerName::IpAddress(dst.ip().into());
+    let tcp = tokio::io::BufReader::with_capacity(super::TLS_READ_BUFFER, tcp);
     let stream = tokio_rustls::TlsConnector::from(tls())
         .connect(name, tcp)
         .await

@@ -9,10 +9,11 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Reads start small (cheap for request/response traffic and idle tunnels) and grow while
-/// the peer keeps filling them (bulk transfers).
-const MIN_READ: usize = 16 * 1024;
-const MAX_READ: usize = 256 * 1024;
+/// Reads start small (cheap for request/response traffic and for the many idle tunnels, which
+/// each hold a buffer while waiting) and double while the peer keeps filling them (bulk
+/// transfers), up to one HTTP/2 frame.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = super::MAX_FRAME_SIZE as usize;
 
 fn h2_io(e: h2::Error) -> io::Error {
     if e.is_io() {

@@ -172,6 +172,7 @@ pub async fn serve_tls<H: Handler>(
     handler: H,
 ) -> Result<(), ServeError> {
     let peer = tcp.peer_addr()?;
+    let tcp = tokio::io::BufReader::with_capacity(super::TLS_READ_BUFFER, tcp);
     let tls = tokio_rustls::TlsAcceptor::from(config)
         .accept(tcp)
         .await
