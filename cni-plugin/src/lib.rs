@@ -4,4 +4,5 @@
 //! agent installs inside each enrolled pod's network namespace.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod redirect;

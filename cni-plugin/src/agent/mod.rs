@@ -1,0 +1,3 @@
+//! The node agent: installs the plugin into the node's CNI config and enrolls pods.
+
+pub mod install;
