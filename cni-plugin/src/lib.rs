@@ -5,4 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod probes;
 pub mod redirect;

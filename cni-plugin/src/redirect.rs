@@ -471,7 +471,7 @@ struct Output {
 
 /// Runs commands from a thread that has entered the namespace; children
 /// inherit the thread's namespace.
-struct Ns<'a> {
+pub(crate) struct Ns<'a> {
     path: &'a Path,
 }
 
@@ -512,7 +512,7 @@ impl Ns<'_> {
     }
 
     /// Like `run`, but a non-zero exit is an error; returns stdout.
-    fn check(
+    pub(crate) fn check(
         &self,
         program: &str,
         args: &[&str],
@@ -559,7 +559,7 @@ fn hint(program: &str, stderr: &str) -> &'static str {
 
 /// Runs `f` on a scoped thread that entered the network namespace at
 /// `path`; the caller's thread never changes namespace.
-fn in_netns<T: Send>(
+pub(crate) fn in_netns<T: Send>(
     path: &Path,
     f: impl FnOnce(&Ns<'_>) -> Result<T, RedirectError> + Send,
 ) -> Result<T, RedirectError> {
