@@ -5,5 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod agent_proto;
+pub mod cni;
 pub mod probes;
 pub mod redirect;

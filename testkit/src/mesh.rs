@@ -51,6 +51,8 @@ pub struct Mesh {
     pub default_mtls_mode: String,
     pub services: Vec<Value>,
     pub policies: Vec<Value>,
+    /// Leave `netns` paths out of the config (node-agent mode: namespaces arrive as fds).
+    pub omit_netns: bool,
     ztunnel_cmd: Vec<OsString>,
     ztunnels: Vec<Option<Child>>,
 }
@@ -82,6 +84,7 @@ impl Mesh {
             default_mtls_mode: "PERMISSIVE".into(),
             services: vec![],
             policies: vec![],
+            omit_netns: false,
             ztunnel_cmd,
             ztunnels: (0..nodes).map(|_| None).collect(),
         };
@@ -153,6 +156,9 @@ impl Mesh {
                     "labels": p.labels,
                     "captured": p.captured,
                 });
+                if self.omit_netns {
+                    w.as_object_mut().expect("object").remove("netns");
+                }
                 if let Some(mode) = &p.mtls_mode {
                     w["mtlsMode"] = json!(mode);
                 }
@@ -189,6 +195,34 @@ impl Mesh {
     pub fn unenroll(&self, i: usize) -> Result<(), Error> {
         ambit_cni::redirect::remove(&self.pods[i].pod.ns.path(), &Default::default())
             .map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// Where node `node`'s ztunnel listens for the node agent in node-agent mode.
+    pub fn inpod_socket(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("agent-{node}")).join("ztunnel.sock")
+    }
+
+    /// Options that start node `node`'s ztunnel in node-agent mode.
+    pub fn agent_mode_opts(&self, node: usize) -> ZtunnelOpts {
+        ZtunnelOpts {
+            extra_args: vec![
+                "--inpod-socket".into(),
+                self.inpod_socket(node).to_string_lossy().into_owned(),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// What the node agent would tell ztunnel about pod `i` (uid as the config's default).
+    pub fn pod_info(&self, i: usize) -> ambit_core::inpod_proto::PodInfo {
+        let p = &self.pods[i];
+        ambit_core::inpod_proto::PodInfo {
+            uid: format!("{}/{}", p.namespace, p.pod.name),
+            name: p.pod.name.clone(),
+            namespace: p.namespace.clone(),
+            service_account: p.service_account.clone(),
+            ips: vec![p.pod.ip.into()],
+        }
     }
 
     pub fn start_ztunnel(&mut self, node: usize) -> Result<(), Error> {

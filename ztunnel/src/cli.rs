@@ -57,6 +57,11 @@ pub struct Args {
     /// Close pooled HBONE connections idle this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pool_idle_timeout: Duration,
+    /// Node-agent mode: listen on this Unix (SOCK_SEQPACKET) socket for the node agent, which
+    /// hands over each pod's network namespace; pods then come only from the agent and the
+    /// config's `netns` paths are ignored. E.g. /var/run/ambit/ztunnel.sock.
+    #[arg(long, env = "AMBIT_INPOD_SOCKET")]
+    inpod_socket: Option<PathBuf>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -114,6 +119,7 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
                 idle_timeout: args.pool_idle_timeout,
                 ..PoolConfig::default()
             },
+            inpod_socket: args.inpod_socket.clone(),
         })
         .await?;
         info!(node = %args.node, config = %args.config.display(), "ztunnel started");

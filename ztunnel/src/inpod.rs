@@ -2,7 +2,8 @@
 //! listeners inside the pod's own network namespace, with the pod's own identity.
 //!
 //! Pods arrive as (workload, namespace fd). In file mode the namespace comes from the
-//! config's `netns` path; in a cluster the node agent sends the fd over a Unix socket.
+//! config's `netns` path; in a cluster the node agent sends the fd over a Unix socket
+//! (see [`crate::inpod_server`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -120,7 +121,9 @@ impl InpodManager {
             {
                 return Ok(());
             }
-            self.remove_pod(&w.uid);
+            // Wait for the old listeners to close: the new ones may bind the same ports in
+            // the same namespace.
+            self.remove_pod_wait(&w.uid).await;
         }
         let uid = w.uid.clone();
         let cert = self
@@ -184,6 +187,38 @@ impl InpodManager {
         removed
     }
 
+    /// Like [`Self::remove_pod`], but returns only once the pod's listeners are closed.
+    pub async fn remove_pod_wait(&mut self, uid: &str) -> bool {
+        let Some(mut pod) = self.pods.remove(uid) else {
+            return false;
+        };
+        let tasks = std::mem::take(&mut pod.tasks);
+        drop(pod);
+        for t in tasks {
+            t.abort();
+            // The accept loop owns the listener; once the task is gone, so is the socket.
+            let _ = t.await;
+        }
+        info!(pod = %uid, "pod released: listeners closed");
+        self.publish();
+        true
+    }
+
+    pub fn inputs(&self) -> &Arc<ProxyInputs> {
+        &self.inputs
+    }
+
+    /// Uids of the pods served now.
+    pub fn pod_uids(&self) -> Vec<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    /// Marks the manager ready without a file-mode reconcile (node-agent mode: ready once
+    /// the agent socket listens; pods arrive later).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
     /// File mode: serve exactly the captured local workloads that name a namespace.
     pub async fn reconcile(&mut self, state: &ProxyState) {
         let node = self.inputs.node.clone();
@@ -204,6 +239,8 @@ impl InpodManager {
         let stale: Vec<String> = self
             .pods
             .iter()
+            // Pods handed over by the node agent (no path) are not file mode's to release.
+            .filter(|(_, p)| p.source.is_some())
             .filter(|(uid, p)| match desired.get(uid.as_str()) {
                 None => true,
                 Some(w) => w.ip != p.ctx.ip || w.identity != p.ctx.identity || w.netns != p.source,

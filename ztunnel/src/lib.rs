@@ -10,6 +10,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod inpod;
+pub mod inpod_server;
 pub mod metrics;
 pub mod proxy;
 pub mod source;
@@ -23,9 +24,11 @@ use ambit_core::hbone::client::{Pool, PoolConfig};
 
 use crate::admin::AdminState;
 use crate::inpod::InpodManager;
+use crate::inpod_server::InpodServer;
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
 use crate::source::ConfigSource;
+use anyhow::Context;
 
 pub struct Options {
     /// This node's name; workloads with `node` equal to it are served here.
@@ -36,6 +39,9 @@ pub struct Options {
     pub metrics_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
     pub pool: PoolConfig,
+    /// Node-agent mode: pods come only from the agent over this Unix socket (the config's
+    /// `netns` paths are ignored). None: file mode.
+    pub inpod_socket: Option<std::path::PathBuf>,
 }
 
 /// A running ztunnel's handles (for the binary and in-process tests).
@@ -68,7 +74,16 @@ impl Ztunnel {
             opts.readiness_addr,
         )
         .await?;
-        tokio::spawn(manager.run_file_mode());
+        match &opts.inpod_socket {
+            Some(path) => {
+                let server = InpodServer::bind(path, manager)
+                    .with_context(|| format!("opening the node-agent socket {}", path.display()))?;
+                tokio::spawn(server.run());
+            }
+            None => {
+                tokio::spawn(manager.run_file_mode());
+            }
+        }
         Ok(Self { inputs })
     }
 }
