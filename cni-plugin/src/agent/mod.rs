@@ -1,4 +1,405 @@
-//! The node agent: installs the plugin into the node's CNI config and enrolls pods.
+//! The node agent: puts the plugin into the node's CNI config, answers the plugin, and keeps
+//! every pod on its node captured exactly when its labels say so.
+//!
+//! For each pod to capture it hands the pod's network namespace to ztunnel first (which
+//! opens the pod's listeners and acks), then installs the in-pod redirection, so traffic is
+//! never redirected to listeners that do not exist yet. Releasing goes the other way round.
+//! When ztunnel (re)connects, the agent replays every captured pod and marks the snapshot
+//! complete, so a restarted ztunnel rebuilds exactly the right set.
 
+pub mod cluster;
 pub mod install;
 pub mod netns_lookup;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ambit_core::inpod_proto::{AgentClient, InpodError, PodInfo};
+use tracing::{info, warn};
+
+use crate::agent_proto::{serve_one, AgentResponse, PluginRequest};
+use crate::redirect::{self, RedirectConfig};
+use cluster::{ClusterPod, ClusterView, Decision};
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub node: String,
+    /// The cluster-state file (see [`cluster`]).
+    pub cluster_state: PathBuf,
+    /// ztunnel's in-pod socket.
+    pub ztunnel_socket: PathBuf,
+    /// Where the plugin reaches the agent.
+    pub plugin_socket: PathBuf,
+    /// The node's network namespace (for the kubelet-probe SNAT).
+    pub host_netns: PathBuf,
+    pub redirect: RedirectConfig,
+    /// How often to re-read the cluster state and reconcile.
+    pub resync: Duration,
+    /// Search only named network namespaces with this prefix for running pods (simulated
+    /// nodes sharing one machine); `None` searches the whole node.
+    pub netns_prefix: Option<String>,
+}
+
+struct Captured {
+    info: PodInfo,
+    /// Kept open: replays to a restarted ztunnel need the namespace even after the path the
+    /// runtime gave us is gone.
+    netns: File,
+}
+
+impl Captured {
+    fn netns_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.netns.as_raw_fd()))
+    }
+    fn ipv4(&self) -> Option<Ipv4Addr> {
+        self.info.ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    view: ClusterView,
+    captured: HashMap<String, Captured>,
+    ztunnel: Option<AgentClient>,
+}
+
+/// A running agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    opts: Arc<AgentOptions>,
+    state: Arc<Mutex<State>>,
+}
+
+fn pod_info(pod: &ClusterPod, ips: &[IpAddr]) -> PodInfo {
+    PodInfo {
+        uid: pod.uid.clone(),
+        name: pod.name.clone(),
+        namespace: pod.namespace.clone(),
+        service_account: pod.service_account.clone(),
+        ips: if ips.is_empty() {
+            pod.ips.clone()
+        } else {
+            ips.to_vec()
+        },
+    }
+}
+
+impl Agent {
+    /// Starts the plugin server, the reconciler and the ztunnel connection; returns at once.
+    pub fn start(opts: AgentOptions) -> std::io::Result<Agent> {
+        if let Some(dir) = opts.plugin_socket.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(&opts.plugin_socket);
+        let listener = UnixListener::bind(&opts.plugin_socket)?;
+        let agent = Agent {
+            opts: Arc::new(opts),
+            state: Arc::default(),
+        };
+        let a = agent.clone();
+        std::thread::Builder::new()
+            .name("plugin-server".into())
+            .spawn(move || a.serve_plugin(listener))?;
+        let a = agent.clone();
+        std::thread::Builder::new()
+            .name("reconciler".into())
+            .spawn(move || loop {
+                a.reconcile();
+                std::thread::sleep(a.opts.resync);
+            })?;
+        Ok(agent)
+    }
+
+    /// UIDs of the pods currently captured.
+    pub fn captured(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().captured.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn ztunnel_connected(&self) -> bool {
+        self.lock().ztunnel.is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn serve_plugin(&self, listener: UnixListener) {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let agent = self.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = serve_one(&conn, |req| agent.handle(req));
+            });
+        }
+    }
+
+    /// Answers one plugin request.
+    pub fn handle(&self, req: PluginRequest) -> AgentResponse {
+        match req {
+            PluginRequest::Add {
+                netns,
+                pod_namespace,
+                pod_name,
+                ips,
+                ..
+            } => self.on_add(&pod_namespace, &pod_name, Path::new(&netns), &ips),
+            PluginRequest::Check {
+                pod_namespace,
+                pod_name,
+                ..
+            } => {
+                let st = self.lock();
+                match st.view.pod(&pod_namespace, &pod_name) {
+                    Some(p)
+                        if st.view.decide(p) == Decision::Capture
+                            && !st.captured.contains_key(&p.uid) =>
+                    {
+                        AgentResponse::Error {
+                            message: format!(
+                                "pod {pod_namespace}/{pod_name} should be captured but is not"
+                            ),
+                            retryable: true,
+                        }
+                    }
+                    _ => AgentResponse::Ok,
+                }
+            }
+            PluginRequest::Del {
+                pod_namespace,
+                pod_name,
+                ..
+            } => {
+                let mut st = self.lock();
+                let uid = match (pod_namespace, pod_name) {
+                    (Some(ns), Some(name)) => st.view.pod(&ns, &name).map(|p| p.uid.clone()),
+                    _ => None,
+                };
+                if let Some(uid) = uid {
+                    self.release(&mut st, &uid);
+                }
+                AgentResponse::Ok
+            }
+            PluginRequest::Status => {
+                let mut st = self.lock();
+                match self.ensure_ztunnel(&mut st) {
+                    Ok(()) => AgentResponse::Ok,
+                    Err(e) => AgentResponse::Error {
+                        message: e,
+                        retryable: true,
+                    },
+                }
+            }
+            PluginRequest::Gc { .. } => AgentResponse::Ok,
+        }
+    }
+
+    fn on_add(&self, namespace: &str, name: &str, netns: &Path, ips: &[IpAddr]) -> AgentResponse {
+        // The pod exists in the API before the runtime calls CNI, but our view may lag a
+        // little behind: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let mut st = self.lock();
+            if let Some(pod) = st.view.pod(namespace, name).cloned() {
+                return match st.view.decide(&pod) {
+                    Decision::Skip(reason) => AgentResponse::Skipped { reason },
+                    Decision::Capture => match self.capture(&mut st, &pod, netns, ips) {
+                        Ok(()) => AgentResponse::Captured,
+                        Err(message) => AgentResponse::Error {
+                            message,
+                            retryable: true,
+                        },
+                    },
+                };
+            }
+            if !st.view.namespace_enrolled(namespace) && Instant::now() > deadline {
+                return AgentResponse::Skipped {
+                    reason: format!("namespace {namespace} is not enrolled"),
+                };
+            }
+            if Instant::now() > deadline {
+                return AgentResponse::Error {
+                    message: format!("pod {namespace}/{name} is not known to the node agent yet"),
+                    retryable: true,
+                };
+            }
+            drop(st);
+            std::thread::sleep(Duration::from_millis(50));
+            self.refresh_view();
+        }
+    }
+
+    fn ensure_ztunnel(&self, st: &mut State) -> Result<(), String> {
+        if st.ztunnel.is_some() {
+            return Ok(());
+        }
+        let client = AgentClient::connect(&self.opts.ztunnel_socket).map_err(|e| {
+            format!(
+                "ztunnel is not reachable at {}: {e}",
+                self.opts.ztunnel_socket.display()
+            )
+        })?;
+        // A (re)connected ztunnel learns every pod we capture, then that the list is complete.
+        for c in st.captured.values() {
+            client
+                .add_pod(&c.info, c.netns.as_fd())
+                .map_err(|e| format!("replaying pod {} to ztunnel: {e}", c.info.uid))?;
+        }
+        client
+            .snapshot_done()
+            .map_err(|e| format!("ending the replay to ztunnel: {e}"))?;
+        info!(
+            pods = st.captured.len(),
+            "connected to ztunnel and replayed captured pods"
+        );
+        st.ztunnel = Some(client);
+        Ok(())
+    }
+
+    /// Runs `f` against ztunnel, reconnecting (and replaying) once if the connection broke.
+    fn with_ztunnel(
+        &self,
+        st: &mut State,
+        f: impl Fn(&AgentClient) -> Result<(), InpodError>,
+    ) -> Result<(), String> {
+        for attempt in 0..2 {
+            self.ensure_ztunnel(st)?;
+            let client = st.ztunnel.as_ref().expect("ensured");
+            match f(client) {
+                Ok(()) => return Ok(()),
+                Err(InpodError::Rejected { message, .. }) => {
+                    return Err(format!("ztunnel refused: {message}"))
+                }
+                Err(e) if attempt == 0 => {
+                    warn!(error = %e, "ztunnel connection broke; reconnecting");
+                    st.ztunnel = None;
+                }
+                Err(e) => {
+                    st.ztunnel = None;
+                    return Err(e.to_string());
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn capture(
+        &self,
+        st: &mut State,
+        pod: &ClusterPod,
+        netns: &Path,
+        ips: &[IpAddr],
+    ) -> Result<(), String> {
+        let file =
+            File::open(netns).map_err(|e| format!("opening pod netns {}: {e}", netns.display()))?;
+        let captured = Captured {
+            info: pod_info(pod, ips),
+            netns: file,
+        };
+        if captured.info.ips.is_empty() {
+            return Err(format!("pod {}/{} has no IP yet", pod.namespace, pod.name));
+        }
+        // Listeners first: traffic is never redirected to a port nobody listens on.
+        self.with_ztunnel(st, |z| z.add_pod(&captured.info, captured.netns.as_fd()))?;
+        let path = captured.netns_path();
+        if let Err(e) = redirect::apply(&path, &self.opts.redirect) {
+            let _ = self.with_ztunnel(st, |z| z.del_pod(&captured.info.uid));
+            return Err(format!(
+                "installing redirection for {}/{}: {e}",
+                pod.namespace, pod.name
+            ));
+        }
+        if let (Some(ip), Some(probe)) = (captured.ipv4(), self.opts.redirect.probe_source_v4) {
+            let host = &self.opts.host_netns;
+            let result = crate::probes::add_pod(host, ip)
+                .or_else(|_| crate::probes::apply(host, probe, &[ip]));
+            if let Err(e) = result {
+                warn!(pod = %captured.info.uid, error = %e, "kubelet probe SNAT not installed");
+            }
+        }
+        info!(pod = %captured.info.uid, "pod captured");
+        st.captured.insert(captured.info.uid.clone(), captured);
+        Ok(())
+    }
+
+    fn release(&self, st: &mut State, uid: &str) {
+        let Some(c) = st.captured.remove(uid) else {
+            return;
+        };
+        // Redirection off first, then the listeners.
+        if let Err(e) = redirect::remove(&c.netns_path(), &self.opts.redirect) {
+            warn!(pod = %uid, error = %e, "removing redirection failed");
+        }
+        if let Some(ip) = c.ipv4() {
+            let _ = crate::probes::remove_pod(&self.opts.host_netns, ip);
+        }
+        if let Err(e) = self.with_ztunnel(st, |z| z.del_pod(uid)) {
+            // A disconnected ztunnel drops the pod at the next snapshot.
+            warn!(pod = %uid, error = %e, "telling ztunnel to release the pod failed");
+        }
+        info!(pod = %uid, "pod released");
+    }
+
+    fn refresh_view(&self) {
+        match ClusterView::load(&self.opts.cluster_state) {
+            Ok(view) => self.lock().view = view,
+            Err(e) => warn!(error = %e, "keeping the last good cluster state"),
+        }
+    }
+
+    /// Captures pods whose labels now say so (finding the namespace of running pods by IP)
+    /// and releases those whose labels no longer do or that are gone.
+    pub fn reconcile(&self) {
+        self.refresh_view();
+        let mut st = self.lock();
+        let _ = self.ensure_ztunnel(&mut st);
+        let mine: Vec<ClusterPod> = st
+            .view
+            .pods
+            .iter()
+            .filter(|p| p.node == self.opts.node)
+            .cloned()
+            .collect();
+        let wanted: HashMap<String, ClusterPod> = mine
+            .into_iter()
+            .filter(|p| st.view.decide(p) == Decision::Capture)
+            .map(|p| (p.uid.clone(), p))
+            .collect();
+        let stale: Vec<String> = st
+            .captured
+            .keys()
+            .filter(|u| !wanted.contains_key(*u))
+            .cloned()
+            .collect();
+        for uid in stale {
+            self.release(&mut st, &uid);
+        }
+        for (uid, pod) in wanted {
+            if st.captured.contains_key(&uid) {
+                continue;
+            }
+            let Some(ip) = pod.ips.first() else { continue };
+            let Some(netns) =
+                netns_lookup::find_by_ip_scoped(*ip, self.opts.netns_prefix.as_deref())
+            else {
+                warn!(pod = %uid, %ip, "no network namespace holds the pod's IP yet");
+                continue;
+            };
+            if let Err(e) = self.capture(&mut st, &pod, &netns, &[]) {
+                warn!(pod = %uid, error = %e, "could not capture running pod; will retry");
+            }
+        }
+    }
+}

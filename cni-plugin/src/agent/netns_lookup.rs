@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 pub const NAMED_NETNS_DIRS: &[&str] = &["/var/run/netns", "/run/netns"];
 
 /// Every distinct network namespace on the node except `skip_inode` (the agent's own),
-/// as paths that can be opened.
-fn candidates(skip_inode: Option<u64>) -> Vec<PathBuf> {
+/// as paths that can be opened. With `only_named`, just named namespaces with that prefix.
+fn candidates(skip_inode: Option<u64>, only_named: Option<&str>) -> Vec<PathBuf> {
     let mut seen = HashSet::new();
     if let Some(i) = skip_inode {
         seen.insert(i);
@@ -31,11 +31,22 @@ fn candidates(skip_inode: Option<u64>) -> Vec<PathBuf> {
     };
     for dir in NAMED_NETNS_DIRS {
         if let Ok(entries) = fs::read_dir(dir) {
-            let mut names: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut names: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    only_named.is_none_or(|prefix| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(prefix))
+                    })
+                })
+                .collect();
             names.sort();
             names.into_iter().for_each(&mut consider);
         }
+    }
+    if only_named.is_some() {
+        return out;
     }
     if let Ok(procs) = fs::read_dir("/proc") {
         for e in procs.filter_map(Result::ok) {
@@ -67,6 +78,12 @@ fn owns_ip(path: &Path, ip: IpAddr) -> bool {
 
 /// The network namespace holding `ip`, if any (the agent's own namespace is never returned).
 pub fn find_by_ip(ip: IpAddr) -> Option<PathBuf> {
+    find_by_ip_scoped(ip, None)
+}
+
+/// Like [`find_by_ip`], optionally searching only named namespaces starting with `prefix`:
+/// several simulated nodes on one machine (tests, the sandbox) reuse the same pod IPs.
+pub fn find_by_ip_scoped(ip: IpAddr, prefix: Option<&str>) -> Option<PathBuf> {
     let own = fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino());
-    candidates(own).into_iter().find(|p| owns_ip(p, ip))
+    candidates(own, prefix).into_iter().find(|p| owns_ip(p, ip))
 }

@@ -1,0 +1,292 @@
+//! The node agent and the real CNI plugin on a simulated node: pods are captured by the
+//! time CNI ADD returns, namespace labels capture and release running pods without
+//! restarts, and ztunnel outages follow the fail-closed / fail-open setting.
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ambit_cni::agent::{Agent, AgentOptions};
+use ambit_testkit::mesh::{metric_sum, node_name, Mesh};
+use ambit_testkit::{contains, Capture};
+use common::*;
+use serde_json::json;
+
+fn cni_binary() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_ztunnel")).with_file_name("ambit-cni");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build -p ambit-cni` (the full test suite does)",
+        p.display()
+    );
+    p
+}
+
+fn write_cluster(m: &Mesh, enrolled: &[&str]) {
+    let namespaces: serde_json::Map<String, serde_json::Value> = ["mesh", "plain"]
+        .iter()
+        .map(|ns| {
+            let labels = if enrolled.contains(ns) {
+                json!({"ambit.dev/dataplane-mode": "ambient"})
+            } else {
+                json!({})
+            };
+            (ns.to_string(), labels)
+        })
+        .collect();
+    let pods: Vec<_> = m
+        .pods
+        .iter()
+        .map(|p| json!({"uid": format!("{}/{}", p.namespace, p.pod.name), "name": p.pod.name, "namespace": p.namespace,
+            "serviceAccount": p.service_account, "node": node_name(p.pod.node), "ips": [p.pod.ip.to_string()]}))
+        .collect();
+    let path = m.dir.join("cluster.json");
+    std::fs::write(
+        path.with_extension("tmp"),
+        json!({"namespaces": namespaces, "pods": pods}).to_string(),
+    )
+    .unwrap();
+    std::fs::rename(path.with_extension("tmp"), path).unwrap();
+}
+
+fn start_agent(m: &Mesh, node: usize) -> Agent {
+    Agent::start(AgentOptions {
+        node: node_name(node),
+        cluster_state: m.dir.join("cluster.json"),
+        ztunnel_socket: m.inpod_socket(node),
+        plugin_socket: plugin_socket(m, node),
+        host_netns: m.topo.nodes[node].ns.path(),
+        redirect: Default::default(),
+        resync: Duration::from_millis(200),
+        netns_prefix: Some(m.topo.prefix().to_string()),
+    })
+    .unwrap()
+}
+
+fn plugin_socket(m: &Mesh, node: usize) -> PathBuf {
+    m.dir.join(format!("agent-{node}.sock"))
+}
+
+/// Invokes the plugin exactly as a container runtime does. Returns (exit ok, stdout, stderr).
+fn cni_add(m: &Mesh, pod: usize, policy: &str) -> (bool, String, String) {
+    let p = m.pod(pod);
+    let prev = format!(
+        r#"{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{}"}}],"ips":[{{"address":"{}/24","interface":0}}]}}"#,
+        p.pod.ns.path().display(),
+        p.pod.ip
+    );
+    let conf = format!(
+        r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ambit-cni","agentSocket":"{}","failurePolicy":"{policy}","agentTimeoutMs":5000,"prevResult":{prev}}}"#,
+        plugin_socket(m, p.pod.node).display()
+    );
+    let mut child = Command::new(cni_binary())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", format!("ctr-{}", p.pod.name))
+        .env("CNI_NETNS", p.pod.ns.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                p.namespace, p.pod.name
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success() || String::from_utf8_lossy(&out.stdout) == prev,
+        "prevResult must pass through unchanged"
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn dump(m: &Mesh, pod: usize) -> String {
+    ambit_cni::redirect::dump(&m.pod(pod).pod.ns.path()).unwrap()
+}
+
+#[test]
+fn new_pods_are_captured_by_the_time_add_returns_and_labels_capture_and_release_running_pods() {
+    let mut m = mesh("cniagent", 2);
+    m.omit_netns = true;
+    let a = m.add_pod(0, "a", "mesh", "sa-a", &[]).unwrap();
+    let b = m.add_pod(1, "b", "mesh", "sa-b", &[]).unwrap();
+    let p = m.add_pod(0, "p", "plain", "sa-p", &[]).unwrap();
+    m.write_config().unwrap();
+    write_cluster(&m, &["mesh"]);
+    for node in 0..2 {
+        let opts = m.agent_mode_opts(node);
+        m.start_ztunnel_with(node, opts).unwrap();
+    }
+    let agent0 = start_agent(&m, 0);
+    let _agent1 = start_agent(&m, 1);
+    let _app = serve(&m, b, 8080);
+    let p_pristine = dump(&m, p);
+
+    // New pods in an enrolled namespace: captured when ADD returns, traffic is mTLS at once.
+    for pod in [b, a] {
+        let (ok, _, err) = cni_add(&m, pod, "closed");
+        assert!(ok, "ADD failed: {err}");
+    }
+    let wire = Capture::start(&m.topo.fabric).unwrap();
+    let answer = call(&m, a, m.ip(b).into(), 8080, "secret-after-add").unwrap();
+    assert_eq!(answer.2, "secret-after-add");
+    assert!(
+        !contains(&wire.stop(), b"secret-after-add"),
+        "traffic right after ADD must be encrypted"
+    );
+
+    // A pod in a plain namespace: ADD succeeds, nothing is touched.
+    let (ok, _, _) = cni_add(&m, p, "closed");
+    assert!(ok);
+    assert_eq!(dump(&m, p), p_pristine);
+    let before = metric_sum(
+        &m.metrics(1),
+        "ambit_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    call(&m, p, m.ip(b).into(), 8080, "plain").unwrap();
+    let after = metric_sum(
+        &m.metrics(1),
+        "ambit_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    assert_eq!(before, after, "an un-enrolled pod's traffic is not mTLS");
+
+    // Labelling the namespace captures the running pod, without restarting it.
+    write_cluster(&m, &["mesh", "plain"]);
+    assert!(
+        eventually(Duration::from_secs(10), || agent0
+            .captured()
+            .contains(&"plain/p".to_string())),
+        "{:?}",
+        agent0.captured()
+    );
+    call(&m, p, m.ip(b).into(), 8080, "now meshed").unwrap();
+    let meshed = metric_sum(
+        &m.metrics(1),
+        "ambit_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    );
+    assert!(meshed > after, "the labelled pod's traffic is mTLS now");
+
+    // Removing the label releases it and leaves its namespace exactly as it was.
+    write_cluster(&m, &["mesh"]);
+    assert!(eventually(Duration::from_secs(10), || !agent0
+        .captured()
+        .contains(&"plain/p".to_string())));
+    assert_eq!(dump(&m, p), p_pristine);
+    assert_eq!(
+        call(&m, p, m.ip(b).into(), 8080, "released").unwrap().2,
+        "released"
+    );
+}
+
+#[test]
+fn ztunnel_outages_follow_the_failure_policy_and_restarts_lose_no_pod() {
+    let mut m = mesh("cnifail", 2);
+    m.omit_netns = true;
+    let a = m.add_pod(0, "a", "mesh", "sa-a", &[]).unwrap();
+    let b = m.add_pod(1, "b", "mesh", "sa-b", &[]).unwrap();
+    let c = m.add_pod(0, "c", "mesh", "sa-c", &[]).unwrap();
+    let d = m.add_pod(0, "d", "mesh", "sa-d", &[]).unwrap();
+    m.write_config().unwrap();
+    write_cluster(&m, &["mesh"]);
+    for node in 0..2 {
+        let opts = m.agent_mode_opts(node);
+        m.start_ztunnel_with(node, opts).unwrap();
+    }
+    let agent0 = start_agent(&m, 0);
+    let _agent1 = start_agent(&m, 1);
+    let _app = serve(&m, b, 8080);
+    for pod in [a, b] {
+        assert!(cni_add(&m, pod, "closed").0);
+    }
+    assert!(call(&m, a, m.ip(b).into(), 8080, "up").is_ok());
+
+    // ztunnel down on node 0.
+    m.stop_ztunnel(0);
+    let c_pristine = dump(&m, c);
+    let (ok, out, _) = cni_add(&m, c, "closed");
+    assert!(!ok, "fail-closed must fail the pod");
+    assert!(
+        out.contains("\"code\":11") || out.contains("\"code\": 11"),
+        "{out}"
+    );
+    assert_eq!(dump(&m, c), c_pristine, "a refused pod is left untouched");
+    let (ok, _, err) = cni_add(&m, d, "open");
+    assert!(ok, "fail-open lets the pod start");
+    assert!(err.contains("uncaptured"), "{err}");
+
+    // ztunnel back: the agent replays a and captures d, which started uncaptured.
+    let opts = m.agent_mode_opts(0);
+    m.start_ztunnel_with(0, opts).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let got = agent0.captured();
+            got.contains(&"mesh/a".to_string()) && got.contains(&"mesh/d".to_string())
+        }),
+        "{:?}",
+        agent0.captured()
+    );
+    assert!(eventually(Duration::from_secs(10), || call(
+        &m,
+        a,
+        m.ip(b).into(),
+        8080,
+        "again"
+    )
+    .is_ok()));
+    assert!(eventually(Duration::from_secs(10), || call(
+        &m,
+        d,
+        m.ip(b).into(),
+        8080,
+        "d too"
+    )
+    .is_ok()));
+    let dump0 = m.admin(0, "/config_dump").unwrap();
+    assert!(dump0["pods"].as_array().unwrap().len() >= 3, "{dump0}");
+
+    // A restarted agent re-applies nothing twice.
+    let before = dump(&m, a);
+    let again = start_agent_again(&m);
+    again.reconcile();
+    assert_eq!(
+        dump(&m, a),
+        before,
+        "no duplicate rules after an agent restart"
+    );
+}
+
+fn start_agent_again(m: &Mesh) -> Agent {
+    // A second agent instance on node 0, as after a restart (same sockets).
+    start_agent(m, 0)
+}
