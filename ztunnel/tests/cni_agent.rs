@@ -244,6 +244,29 @@ fn ztunnel_outages_follow_the_failure_policy_and_restarts_lose_no_pod() {
     let (ok, _, err) = cni_add(&m, d, "open");
     assert!(ok, "fail-open lets the pod start");
     assert!(err.contains("uncaptured"), "{err}");
+    // The agent says why over its health endpoint and metrics.
+    let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let health_addr = health.local_addr().unwrap();
+    ambit_cni::agent::health::serve(health, agent0.clone());
+    agent0.set_installed(true);
+    let (status, body) = http_get(health_addr, "/healthz/ready");
+    assert!(
+        status.contains("503") && body.contains("ztunnel is not reachable"),
+        "{status} {body}"
+    );
+    let metrics = http_get(health_addr, "/metrics").1;
+    let failures = metric_sum(
+        &metrics,
+        "ambit_cni_enrollment_failures_total",
+        &[("reason", "ztunnel_unreachable")],
+    );
+    assert!(failures >= 2.0, "{metrics}");
+    let adds = metric_sum(
+        &metrics,
+        "ambit_cni_plugin_request_duration_seconds_count",
+        &[("request", "add"), ("result", "captured")],
+    );
+    assert!(adds >= 1.0, "{metrics}");
 
     // ztunnel back: the agent replays a and captures d, which started uncaptured.
     let opts = m.agent_mode_opts(0);
@@ -264,6 +287,14 @@ fn ztunnel_outages_follow_the_failure_policy_and_restarts_lose_no_pod() {
         "again"
     )
     .is_ok()));
+    assert!(http_get(health_addr, "/healthz/ready").0.contains("200"));
+    assert!(
+        metric_sum(
+            &http_get(health_addr, "/metrics").1,
+            "ambit_cni_enrolled_pods",
+            &[]
+        ) >= 2.0
+    );
     assert!(eventually(Duration::from_secs(10), || call(
         &m,
         d,
@@ -284,6 +315,20 @@ fn ztunnel_outages_follow_the_failure_policy_and_restarts_lose_no_pod() {
         before,
         "no duplicate rules after an agent restart"
     );
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }
 
 fn start_agent_again(m: &Mesh) -> Agent {

@@ -8,6 +8,7 @@
 //! complete, so a restarted ztunnel rebuilds exactly the right set.
 
 pub mod cluster;
+pub mod health;
 pub mod install;
 pub mod netns_lookup;
 
@@ -73,11 +74,27 @@ struct State {
     ztunnel: Option<AgentClient>,
 }
 
+/// Why a pod could not be captured: a metric label and a message for the plugin and logs.
+#[derive(Debug)]
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+fn failure(reason: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        reason,
+        message: message.into(),
+    }
+}
+
 /// A running agent. Cheap to clone.
 #[derive(Clone)]
 pub struct Agent {
     opts: Arc<AgentOptions>,
     state: Arc<Mutex<State>>,
+    metrics: Arc<health::AgentMetrics>,
+    installed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn pod_info(pod: &ClusterPod, ips: &[IpAddr]) -> PodInfo {
@@ -105,6 +122,8 @@ impl Agent {
         let agent = Agent {
             opts: Arc::new(opts),
             state: Arc::default(),
+            metrics: Arc::default(),
+            installed: Arc::default(),
         };
         let a = agent.clone();
         std::thread::Builder::new()
@@ -131,6 +150,25 @@ impl Agent {
         self.lock().ztunnel.is_some()
     }
 
+    pub fn metrics(&self) -> &health::AgentMetrics {
+        &self.metrics
+    }
+
+    /// Called by whoever installs the plugin into the node's CNI config.
+    pub fn set_installed(&self, installed: bool) {
+        self.installed
+            .store(installed, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ready: the plugin is in the CNI config and ztunnel is connected.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.installed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("the CNI plugin is not installed in the node's CNI config yet".into());
+        }
+        let mut st = self.lock();
+        self.ensure_ztunnel(&mut st)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -146,8 +184,28 @@ impl Agent {
         }
     }
 
-    /// Answers one plugin request.
+    /// Answers one plugin request, recording how long it took.
     pub fn handle(&self, req: PluginRequest) -> AgentResponse {
+        let started = Instant::now();
+        let request = match &req {
+            PluginRequest::Add { .. } => "add",
+            PluginRequest::Check { .. } => "check",
+            PluginRequest::Del { .. } => "del",
+            PluginRequest::Status => "status",
+            PluginRequest::Gc { .. } => "gc",
+        };
+        let response = self.answer(req);
+        let result = match &response {
+            AgentResponse::Captured => "captured",
+            AgentResponse::Skipped { .. } => "skipped",
+            AgentResponse::Ok => "ok",
+            AgentResponse::Error { .. } => "error",
+        };
+        self.metrics.observe(request, result, started.elapsed());
+        response
+    }
+
+    fn answer(&self, req: PluginRequest) -> AgentResponse {
         match req {
             PluginRequest::Add {
                 netns,
@@ -217,8 +275,8 @@ impl Agent {
                     Decision::Skip(reason) => AgentResponse::Skipped { reason },
                     Decision::Capture => match self.capture(&mut st, &pod, netns, ips) {
                         Ok(()) => AgentResponse::Captured,
-                        Err(message) => AgentResponse::Error {
-                            message,
+                        Err(f) => AgentResponse::Error {
+                            message: f.message,
                             retryable: true,
                         },
                     },
@@ -230,6 +288,7 @@ impl Agent {
                 };
             }
             if Instant::now() > deadline {
+                self.metrics.fail("pod_unknown");
                 return AgentResponse::Error {
                     message: format!("pod {namespace}/{name} is not known to the node agent yet"),
                     retryable: true,
@@ -273,14 +332,18 @@ impl Agent {
         &self,
         st: &mut State,
         f: impl Fn(&AgentClient) -> Result<(), InpodError>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         for attempt in 0..2 {
-            self.ensure_ztunnel(st)?;
+            self.ensure_ztunnel(st)
+                .map_err(|m| failure("ztunnel_unreachable", m))?;
             let client = st.ztunnel.as_ref().expect("ensured");
             match f(client) {
                 Ok(()) => return Ok(()),
                 Err(InpodError::Rejected { message, .. }) => {
-                    return Err(format!("ztunnel refused: {message}"))
+                    return Err(failure(
+                        "ztunnel_refused",
+                        format!("ztunnel refused: {message}"),
+                    ))
                 }
                 Err(e) if attempt == 0 => {
                     warn!(error = %e, "ztunnel connection broke; reconnecting");
@@ -288,7 +351,7 @@ impl Agent {
                 }
                 Err(e) => {
                     st.ztunnel = None;
-                    return Err(e.to_string());
+                    return Err(failure("ztunnel_connection_lost", e.to_string()));
                 }
             }
         }
@@ -301,24 +364,49 @@ impl Agent {
         pod: &ClusterPod,
         netns: &Path,
         ips: &[IpAddr],
-    ) -> Result<(), String> {
-        let file =
-            File::open(netns).map_err(|e| format!("opening pod netns {}: {e}", netns.display()))?;
+    ) -> Result<(), Failure> {
+        let result = self.try_capture(st, pod, netns, ips);
+        if let Err(f) = &result {
+            self.metrics.fail(f.reason);
+        }
+        self.metrics.enrolled_pods.set(st.captured.len() as i64);
+        result
+    }
+
+    fn try_capture(
+        &self,
+        st: &mut State,
+        pod: &ClusterPod,
+        netns: &Path,
+        ips: &[IpAddr],
+    ) -> Result<(), Failure> {
+        let file = File::open(netns).map_err(|e| {
+            failure(
+                "netns_unavailable",
+                format!("opening pod netns {}: {e}", netns.display()),
+            )
+        })?;
         let captured = Captured {
             info: pod_info(pod, ips),
             netns: file,
         };
         if captured.info.ips.is_empty() {
-            return Err(format!("pod {}/{} has no IP yet", pod.namespace, pod.name));
+            return Err(failure(
+                "no_ip",
+                format!("pod {}/{} has no IP yet", pod.namespace, pod.name),
+            ));
         }
         // Listeners first: traffic is never redirected to a port nobody listens on.
         self.with_ztunnel(st, |z| z.add_pod(&captured.info, captured.netns.as_fd()))?;
         let path = captured.netns_path();
         if let Err(e) = redirect::apply(&path, &self.opts.redirect) {
             let _ = self.with_ztunnel(st, |z| z.del_pod(&captured.info.uid));
-            return Err(format!(
-                "installing redirection for {}/{}: {e}",
-                pod.namespace, pod.name
+            return Err(failure(
+                "redirect_failed",
+                format!(
+                    "installing redirection for {}/{}: {e}",
+                    pod.namespace, pod.name
+                ),
             ));
         }
         if let (Some(ip), Some(probe)) = (captured.ipv4(), self.opts.redirect.probe_source_v4) {
@@ -345,10 +433,11 @@ impl Agent {
         if let Some(ip) = c.ipv4() {
             let _ = crate::probes::remove_pod(&self.opts.host_netns, ip);
         }
-        if let Err(e) = self.with_ztunnel(st, |z| z.del_pod(uid)) {
+        if let Err(f) = self.with_ztunnel(st, |z| z.del_pod(uid)) {
             // A disconnected ztunnel drops the pod at the next snapshot.
-            warn!(pod = %uid, error = %e, "telling ztunnel to release the pod failed");
+            warn!(pod = %uid, error = %f.message, "telling ztunnel to release the pod failed");
         }
+        self.metrics.enrolled_pods.set(st.captured.len() as i64);
         info!(pod = %uid, "pod released");
     }
 
@@ -397,8 +486,8 @@ impl Agent {
                 warn!(pod = %uid, %ip, "no network namespace holds the pod's IP yet");
                 continue;
             };
-            if let Err(e) = self.capture(&mut st, &pod, &netns, &[]) {
-                warn!(pod = %uid, error = %e, "could not capture running pod; will retry");
+            if let Err(f) = self.capture(&mut st, &pod, &netns, &[]) {
+                warn!(pod = %uid, error = %f.message, "could not capture running pod; will retry");
             }
         }
     }

@@ -56,6 +56,10 @@ enum Cmd {
         /// Do not touch the CNI config (tests that invoke the plugin directly).
         #[arg(long)]
         no_install: bool,
+        /// Metrics (/metrics) and readiness (/healthz/ready: plugin installed and ztunnel
+        /// connected).
+        #[arg(long, default_value = "0.0.0.0:15022")]
+        health_addr: std::net::SocketAddr,
     },
     /// Remove the plugin from the node's CNI config and bin dir.
     Uninstall {
@@ -88,8 +92,9 @@ fn main() -> anyhow::Result<()> {
             failure_policy,
             resync,
             no_install,
+            health_addr,
         } => {
-            let _agent = Agent::start(AgentOptions {
+            let agent = Agent::start(AgentOptions {
                 node,
                 cluster_state,
                 ztunnel_socket,
@@ -100,6 +105,10 @@ fn main() -> anyhow::Result<()> {
                 netns_prefix: None,
             })
             .context("starting the node agent")?;
+            let listener = std::net::TcpListener::bind(health_addr)
+                .with_context(|| format!("binding the health address {health_addr}"))?;
+            ambit_cni::agent::health::serve(listener, agent.clone());
+            agent.set_installed(no_install);
             let entry = json!({"agentSocket": plugin_socket, "failurePolicy": failure_policy});
             let entry = entry.as_object().expect("object literal").clone();
             loop {
@@ -111,11 +120,16 @@ fn main() -> anyhow::Result<()> {
                     }
                     // The primary CNI may rewrite its config at any time: check again.
                     match install::ensure_chained(&dirs.cni_conf_dir, &entry) {
-                        Ok((path, true)) => {
-                            info!(path = %path.display(), "chained the plugin into the CNI config")
+                        Ok((path, changed)) => {
+                            if changed {
+                                info!(path = %path.display(), "chained the plugin into the CNI config");
+                            }
+                            agent.set_installed(true);
                         }
-                        Ok(_) => {}
-                        Err(e) => warn!(error = %e, "cannot chain the plugin yet"),
+                        Err(e) => {
+                            warn!(error = %e, "cannot chain the plugin yet");
+                            agent.set_installed(false);
+                        }
                     }
                 }
                 std::thread::sleep(Duration::from_secs(2));
