@@ -248,6 +248,21 @@ impl AgentClient {
         }
     }
 
+    /// True when ztunnel has gone away (closed or reset the connection). ztunnel never
+    /// speaks unasked, so a readable socket with no data means end of stream.
+    pub fn is_closed(&self) -> bool {
+        if self.sock.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let closed = match self.sock.peek(&mut probe) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        closed || self.sock.set_nonblocking(false).is_err()
+    }
+
     /// How long to wait for a reply.
     pub fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
         self.sock.set_read_timeout(Some(timeout))

@@ -335,3 +335,95 @@ fn start_agent_again(m: &Mesh) -> Agent {
     // A second agent instance on node 0, as after a restart (same sockets).
     start_agent(m, 0)
 }
+
+#[test]
+fn ztunnel_restart_under_load_recaptures_every_pod_and_reports_the_gap() {
+    let mut m = mesh("cnirestart", 2);
+    m.omit_netns = true;
+    let a = m.add_pod(0, "a", "mesh", "sa-a", &[]).unwrap();
+    let b = m.add_pod(1, "b", "mesh", "sa-b", &[]).unwrap();
+    let e = m.add_pod(0, "e", "mesh", "sa-e", &[]).unwrap();
+    m.write_config().unwrap();
+    write_cluster(&m, &["mesh"]);
+    for node in 0..2 {
+        let opts = m.agent_mode_opts(node);
+        m.start_ztunnel_with(node, opts).unwrap();
+    }
+    let agent0 = start_agent(&m, 0);
+    let _agent1 = start_agent(&m, 1);
+    let _app = serve(&m, b, 8080);
+    for pod in [a, b, e] {
+        assert!(cni_add(&m, pod, "closed").0);
+    }
+
+    // A client loops requests while node 0's ztunnel is killed and restarted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let successes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+    let (ns_path, dst) = (
+        m.pod(a).pod.ns.path(),
+        std::net::SocketAddr::from((m.ip(b), 8080)),
+    );
+    let client = {
+        let (stop, successes) = (stop.clone(), successes.clone());
+        std::thread::spawn(move || {
+            let ns = ambit_core::netns::Netns::open(&ns_path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let ok = ns
+                    .run(|| std::net::TcpStream::connect_timeout(&dst, Duration::from_millis(500)))
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .and_then(|mut s| {
+                        use std::io::{BufRead, BufReader};
+                        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+                        s.write_all(b"ping\n").ok()?;
+                        let mut line = String::new();
+                        BufReader::new(s)
+                            .read_line(&mut line)
+                            .ok()
+                            .filter(|n| *n > 0)
+                    })
+                    .is_some();
+                if ok {
+                    successes.lock().unwrap().push(std::time::Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    m.stop_ztunnel(0);
+    let opts = m.agent_mode_opts(0);
+    m.start_ztunnel_with(0, opts).unwrap();
+    let recovered = eventually(Duration::from_secs(15), || {
+        let dump = m.admin(0, "/config_dump").unwrap();
+        dump["pods"].as_array().map(|p| p.len()) == Some(2)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    client.join().unwrap();
+    assert!(
+        recovered,
+        "every pod of node 0 is served again: {}",
+        m.admin(0, "/config_dump").unwrap()
+    );
+    assert_eq!(
+        agent0.captured(),
+        vec!["mesh/a".to_string(), "mesh/e".to_string()]
+    );
+    let times = successes.lock().unwrap().clone();
+    let gap = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let after = times.last().copied();
+    eprintln!(
+        "ztunnel restart under load: {} successful requests, longest gap {gap:?}",
+        times.len()
+    );
+    assert!(
+        after.is_some_and(|t| t.elapsed() < Duration::from_secs(2)),
+        "requests succeed again after the restart"
+    );
+    assert!(gap < Duration::from_secs(15), "gap {gap:?}");
+}

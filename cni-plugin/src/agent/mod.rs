@@ -301,8 +301,14 @@ impl Agent {
     }
 
     fn ensure_ztunnel(&self, st: &mut State) -> Result<(), String> {
-        if st.ztunnel.is_some() {
-            return Ok(());
+        match &st.ztunnel {
+            Some(client) if !client.is_closed() => return Ok(()),
+            Some(_) => {
+                // ztunnel restarted or crashed: reconnect below, which replays every pod.
+                warn!("ztunnel closed the in-pod connection");
+                st.ztunnel = None;
+            }
+            None => {}
         }
         let client = AgentClient::connect(&self.opts.ztunnel_socket).map_err(|e| {
             format!(
