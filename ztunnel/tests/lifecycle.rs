@@ -94,6 +94,18 @@ fn connections_aimed_at_mesh_ports_are_refused_not_looped() {
     let b_ip = m.ip(b).into();
     // Plaintext to b's own inbound listener port, and via the mesh to each mesh port.
     assert!(call(&m, u, b_ip, 15006, "loop?").is_err());
+    // From inside a captured pod, straight to its own listeners over loopback and its IP.
+    for port in [15001, 15006] {
+        assert!(
+            call(&m, a, "127.0.0.1".parse().unwrap(), port, "loop?").is_err(),
+            "loopback {port}"
+        );
+    }
+    assert!(call(&m, a, m.ip(a).into(), 15001, "loop?").is_err());
+    let fds0 = std::fs::read_dir(format!("/proc/{}/fd", m.ztunnel_pid(0).unwrap()))
+        .unwrap()
+        .count();
+    assert!(fds0 < 200, "node 0 ztunnel holds {fds0} fds");
     for port in [15001, 15006] {
         assert!(call(&m, a, b_ip, port, "loop?").is_err(), "port {port}");
     }

@@ -12,7 +12,7 @@ use ambit_core::tls::client_config;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::{copy_plain, reset, PodContext, ProxyInputs, HBONE_PORT, OUTBOUND_PORT};
+use super::{copy_plain, reset, PodContext, ProxyInputs, HBONE_PORT};
 use crate::metrics::ConnLabels;
 use crate::state::Workload;
 
@@ -40,8 +40,16 @@ async fn handle(
             return reset(downstream);
         }
     };
-    if dst.port() == OUTBOUND_PORT && dst.ip() == pod.ip {
-        // Someone connected to 15001 directly: proxying would loop to ourselves.
+    if super::is_mesh_port(dst.port()) && (dst.ip() == pod.ip || dst.ip().is_loopback()) {
+        // Someone in the pod connected to one of our listeners directly (loopback is never
+        // redirected, so the "original destination" is the listener itself): proxying it
+        // would connect to ourselves, again and again, until the node runs out of sockets.
+        inputs.metrics.deny(
+            "source",
+            "destination_is_mesh_port",
+            &pod.identity.to_string(),
+            None,
+        );
         return reset(downstream);
     }
     let state = inputs.state();
