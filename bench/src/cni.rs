@@ -27,7 +27,7 @@
 //! capture them before the ADD does.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -66,41 +66,12 @@ pub struct Args {
 /// one line of CLOCK_MONOTONIC timestamps to stderr, so the bench can tell process start-up
 /// from the plugin's own work.
 pub fn plugin_main() -> ! {
-    use ambit_cni::cni::error::{CniError, ErrorCode};
-    use ambit_cni::cni::plugin::{run, Outcome};
-    use ambit_cni::cni::CURRENT_VERSION;
-
     let entered = mono_ns();
-    let vars: HashMap<_, _> = std::env::vars_os()
-        .filter_map(|(k, v)| k.into_string().ok().map(|k| (k, v)))
-        .collect();
-    let mut stdin = Vec::new();
-    let mut stderr = std::io::stderr().lock();
-    let outcome = match std::io::stdin().lock().read_to_end(&mut stdin) {
-        Ok(_) => run(&vars, &stdin, &mut stderr),
-        Err(e) => {
-            let err = CniError::new(
-                ErrorCode::Io,
-                "I/O failure: cannot read the network configuration from stdin",
-                e.to_string(),
-            );
-            let _ = writeln!(stderr, "ambit-cni: error 5: {err}");
-            Outcome::failure(&err, CURRENT_VERSION)
+    std::process::exit(ambit_cni::cni::plugin::process_main(&|vars, stderr| {
+        if vars.contains_key(TIMING_ENV) {
+            let _ = writeln!(stderr, "{TIMING_TAG} {entered} {}", mono_ns());
         }
-    };
-    if vars.contains_key(TIMING_ENV) {
-        let _ = writeln!(stderr, "{TIMING_TAG} {entered} {}", mono_ns());
-    }
-    let mut stdout = std::io::stdout().lock();
-    if stdout
-        .write_all(outcome.stdout.as_bytes())
-        .and_then(|()| stdout.flush())
-        .is_err()
-    {
-        let _ = writeln!(stderr, "ambit-cni: cannot write the result to stdout");
-        std::process::exit(1);
-    }
-    std::process::exit(outcome.exit_code);
+    }));
 }
 
 const TIMING_ENV: &str = "AMBIT_BENCH_PLUGIN_TIMING";

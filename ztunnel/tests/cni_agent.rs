@@ -65,6 +65,29 @@ fn start_agent(m: &Mesh, node: usize) -> Agent {
     .unwrap()
 }
 
+/// A 2-node mesh in node-agent mode: pods given as (node, name, namespace), each with service
+/// account `sa-<name>`; config and cluster state written (namespace `mesh` enrolled), both
+/// ztunnels up, and one agent per node.
+fn agent_mesh(tag: &str, pods: &[(usize, &str, &str)]) -> (Mesh, Vec<usize>, Agent, Agent) {
+    let mut m = mesh(tag, 2);
+    m.omit_netns = true;
+    let idx = pods
+        .iter()
+        .map(|(node, name, ns)| {
+            m.add_pod(*node, name, ns, &format!("sa-{name}"), &[])
+                .unwrap()
+        })
+        .collect();
+    m.write_config().unwrap();
+    write_cluster(&m, &["mesh"]);
+    for node in 0..2 {
+        let opts = m.agent_mode_opts(node);
+        m.start_ztunnel_with(node, opts).unwrap();
+    }
+    let (agent0, agent1) = (start_agent(&m, 0), start_agent(&m, 1));
+    (m, idx, agent0, agent1)
+}
+
 fn plugin_socket(m: &Mesh, node: usize) -> PathBuf {
     m.dir.join(format!("agent-{node}.sock"))
 }
@@ -125,19 +148,11 @@ fn dump(m: &Mesh, pod: usize) -> String {
 
 #[test]
 fn new_pods_are_captured_by_the_time_add_returns_and_labels_capture_and_release_running_pods() {
-    let mut m = mesh("cniagent", 2);
-    m.omit_netns = true;
-    let a = m.add_pod(0, "a", "mesh", "sa-a", &[]).unwrap();
-    let b = m.add_pod(1, "b", "mesh", "sa-b", &[]).unwrap();
-    let p = m.add_pod(0, "p", "plain", "sa-p", &[]).unwrap();
-    m.write_config().unwrap();
-    write_cluster(&m, &["mesh"]);
-    for node in 0..2 {
-        let opts = m.agent_mode_opts(node);
-        m.start_ztunnel_with(node, opts).unwrap();
-    }
-    let agent0 = start_agent(&m, 0);
-    let _agent1 = start_agent(&m, 1);
+    let (m, pods, agent0, _agent1) = agent_mesh(
+        "cniagent",
+        &[(0, "a", "mesh"), (1, "b", "mesh"), (0, "p", "plain")],
+    );
+    let [a, b, p] = pods[..] else { unreachable!() };
     let _app = serve(&m, b, 8080);
     let p_pristine = dump(&m, p);
 
@@ -211,20 +226,18 @@ fn new_pods_are_captured_by_the_time_add_returns_and_labels_capture_and_release_
 
 #[test]
 fn ztunnel_outages_follow_the_failure_policy_and_restarts_lose_no_pod() {
-    let mut m = mesh("cnifail", 2);
-    m.omit_netns = true;
-    let a = m.add_pod(0, "a", "mesh", "sa-a", &[]).unwrap();
-    let b = m.add_pod(1, "b", "mesh", "sa-b", &[]).unwrap();
-    let c = m.add_pod(0, "c", "mesh", "sa-c", &[]).unwrap();
-    let d = m.add_pod(0, "d", "mesh", "sa-d", &[]).unwrap();
-    m.write_config().unwrap();
-    write_cluster(&m, &["mesh"]);
-    for node in 0..2 {
-        let opts = m.agent_mode_opts(node);
-        m.start_ztunnel_with(node, opts).unwrap();
-    }
-    let agent0 = start_agent(&m, 0);
-    let _agent1 = start_agent(&m, 1);
+    let (mut m, pods, agent0, _agent1) = agent_mesh(
+        "cnifail",
+        &[
+            (0, "a", "mesh"),
+            (1, "b", "mesh"),
+            (0, "c", "mesh"),
+            (0, "d", "mesh"),
+        ],
+    );
+    let [a, b, c, d] = pods[..] else {
+        unreachable!()
+    };
     let _app = serve(&m, b, 8080);
     for pod in [a, b] {
         assert!(cni_add(&m, pod, "closed").0);
@@ -338,19 +351,11 @@ fn start_agent_again(m: &Mesh) -> Agent {
 
 #[test]
 fn ztunnel_restart_under_load_recaptures_every_pod_and_reports_the_gap() {
-    let mut m = mesh("cnirestart", 2);
-    m.omit_netns = true;
-    let a = m.add_pod(0, "a", "mesh", "sa-a", &[]).unwrap();
-    let b = m.add_pod(1, "b", "mesh", "sa-b", &[]).unwrap();
-    let e = m.add_pod(0, "e", "mesh", "sa-e", &[]).unwrap();
-    m.write_config().unwrap();
-    write_cluster(&m, &["mesh"]);
-    for node in 0..2 {
-        let opts = m.agent_mode_opts(node);
-        m.start_ztunnel_with(node, opts).unwrap();
-    }
-    let agent0 = start_agent(&m, 0);
-    let _agent1 = start_agent(&m, 1);
+    let (mut m, pods, agent0, _agent1) = agent_mesh(
+        "cnirestart",
+        &[(0, "a", "mesh"), (1, "b", "mesh"), (0, "e", "mesh")],
+    );
+    let [a, b, e] = pods[..] else { unreachable!() };
     let _app = serve(&m, b, 8080);
     for pod in [a, b, e] {
         assert!(cni_add(&m, pod, "closed").0);

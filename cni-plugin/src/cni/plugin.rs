@@ -312,3 +312,42 @@ fn gc(conf: &NetConf<'_>) -> Result<Option<String>, CniError> {
         "nothing was removed; the runtime runs GC again later, and the ambit node agent also reconciles stale pods on its own when it (re)starts",
     ))
 }
+
+/// Called by [`process_main`] with the environment and stderr once the command has run.
+pub type AfterRun<'a> = dyn Fn(&HashMap<String, OsString>, &mut dyn Write) + 'a;
+
+/// Everything the `ambit-cni` binary does: reads the CNI environment and the network config
+/// from stdin, runs the command, writes the result (or the spec's error object) to stdout and
+/// returns the exit code. `after_run` sees the environment and stderr once the command has
+/// run (the benchmark, which re-executes itself as the plugin, records timings there).
+pub fn process_main(after_run: &AfterRun<'_>) -> i32 {
+    use std::io::Read;
+    let vars: HashMap<String, OsString> = std::env::vars_os()
+        .filter_map(|(k, v)| k.into_string().ok().map(|k| (k, v)))
+        .collect();
+    let mut stdin = Vec::new();
+    let mut stderr = std::io::stderr().lock();
+    let outcome = match std::io::stdin().lock().read_to_end(&mut stdin) {
+        Ok(_) => run(&vars, &stdin, &mut stderr),
+        Err(e) => {
+            let err = CniError::new(
+                ErrorCode::Io,
+                "I/O failure: cannot read the network configuration from stdin",
+                e.to_string(),
+            );
+            let _ = writeln!(stderr, "ambit-cni: error 5: {err}");
+            Outcome::failure(&err, CURRENT_VERSION)
+        }
+    };
+    after_run(&vars, &mut stderr);
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(outcome.stdout.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        let _ = writeln!(stderr, "ambit-cni: cannot write the result to stdout");
+        return 1;
+    }
+    outcome.exit_code
+}
