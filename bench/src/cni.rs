@@ -180,44 +180,18 @@ fn write_cluster(m: &Mesh) -> anyhow::Result<()> {
 }
 
 impl Bench {
-    /// The CNI result the primary plugin would have produced for pod `i`.
-    fn prev_result(&self, i: usize) -> String {
-        let p = &self.m.pod(i).pod;
-        format!(
-            r#"{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{}"}}],"ips":[{{"address":"{}/24","interface":0}}]}}"#,
-            p.ns.path().display(),
-            p.ip
-        )
-    }
-
     /// Runs the plugin for ADD exactly as a container runtime does.
     fn plugin_add(&self, i: usize, s: &mut Sample, request: bool) -> anyhow::Result<()> {
-        let p = self.m.pod(i);
-        let prev = self.prev_result(i);
-        let conf = format!(
-            r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ambit-cni","agentSocket":"{}","failurePolicy":"closed","agentTimeoutMs":5000,"prevResult":{prev}}}"#,
-            plugin_socket(&self.m, p.pod.node).display()
+        let mut plugin = Command::new(&self.exe);
+        plugin.arg("cni-plugin");
+        let add = self.m.cni_add(
+            i,
+            plugin,
+            &plugin_socket(&self.m, self.m.pod(i).pod.node),
+            "closed",
         );
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("cni-plugin")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("ctr-{}", p.pod.name))
-            .env("CNI_NETNS", p.pod.ns.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .env(
-                "CNI_ARGS",
-                format!(
-                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                    p.namespace, p.pod.name
-                ),
-            )
-            .env(TIMING_ENV, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let (prev, conf, mut cmd) = (add.prev_result, add.stdin, add.command);
+        cmd.env(TIMING_ENV, "1");
         s.wall0 = Some(std::time::SystemTime::now());
         let t0 = Instant::now();
         let m0 = mono_ns();

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use nix::sched::{setns, CloneFlags};
+
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -51,16 +51,14 @@ where
     T: Send + 'static,
     F: FnOnce() -> anyhow::Result<T> + Send + 'static,
 {
-    let file = std::fs::File::open(netns)
-        .with_context(|| format!("opening network namespace {}", netns.display()))?;
+    let ns = ambit_core::netns::Netns::open(netns)?;
     let path = netns.to_path_buf();
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering network namespace {}", path.display()))?;
-            drop(file);
-            f()
+            // The whole thread's work runs inside the namespace.
+            ns.run(f)
+                .with_context(|| format!("entering network namespace {}", path.display()))?
         })
         .context("spawning a thread")
 }
@@ -79,15 +77,33 @@ fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn listener(port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    let s = Socket::new(
-        Domain::IPV4,
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
-    s.listen(4096)?;
-    tokio::net::TcpListener::from_std(s.into())
+    bind(SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+/// A thread serving until told to stop. Dropping it stops the thread and waits for it.
+struct Background {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Background {
+    fn new(stop: oneshot::Sender<()>, thread: JoinHandle<anyhow::Result<()>>) -> Self {
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The apps of one server pod. Dropping it stops them.
@@ -96,8 +112,7 @@ pub struct Server {
     pub bulk_bytes: Arc<AtomicU64>,
     /// Connections the request/response port has accepted.
     pub rr_accepted: Arc<AtomicU64>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    _thread: Background,
 }
 
 impl Server {
@@ -134,20 +149,8 @@ impl Server {
         Ok(Server {
             bulk_bytes,
             rr_accepted,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            _thread: Background::new(shutdown, thread),
         })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -543,19 +546,7 @@ pub fn conn_rate(
 pub struct Held {
     pub opened: usize,
     pub errors: usize,
-    release: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(r) = self.release.take() {
-            let _ = r.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    _thread: Background,
 }
 
 /// Opens `count` connections (at most `concurrency` at a time), does one request/response on
@@ -602,8 +593,7 @@ pub fn hold_open(
     Ok(Held {
         opened,
         errors,
-        release: Some(release),
-        thread: Some(thread),
+        _thread: Background::new(release, thread),
     })
 }
 
@@ -620,8 +610,7 @@ pub fn ns_path(pod: &ambit_testkit::Pod) -> PathBuf {
 /// upstream and copies both ways with 256 KiB buffers. No TLS, no HTTP/2, no policy: placed
 /// where the ztunnels sit, it shows what two extra user-space hops cost on this machine.
 pub struct Relay {
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    _thread: Background,
 }
 
 impl Relay {
@@ -657,20 +646,8 @@ impl Relay {
             .recv()
             .map_err(|_| anyhow!("relay thread {name} died before listening"))??;
         Ok(Relay {
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            _thread: Background::new(shutdown, thread),
         })
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -1,42 +1,10 @@
 //! Runs `ambit-bench cni --quick --pods 10` end to end (real namespaces, ztunnel processes,
 //! node agents, the plugin as a separate process) and checks its JSON. Needs root.
 
-use std::process::Command;
+mod common;
 
+use common::{get, positive, run_report};
 use serde_json::Value;
-
-fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
-    path.split('.').fold(v, |v, k| match v.get(k) {
-        Some(x) => x,
-        None => panic!("missing field {path} (at {k}) in:\n{v:#}"),
-    })
-}
-
-fn positive(v: &Value, path: &str) -> f64 {
-    let x = get(v, path)
-        .as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number: {v:#}"));
-    assert!(x.is_finite() && x > 0.0, "{path} = {x}, expected > 0");
-    x
-}
-
-/// Every number anywhere in the report is finite.
-fn all_finite(v: &Value, at: &str) {
-    match v {
-        Value::Number(n) => {
-            let x = n.as_f64().expect("JSON number");
-            assert!(x.is_finite(), "{at} = {x} is not finite");
-        }
-        Value::Array(a) => a
-            .iter()
-            .enumerate()
-            .for_each(|(i, x)| all_finite(x, &format!("{at}[{i}]"))),
-        Value::Object(o) => o
-            .iter()
-            .for_each(|(k, x)| all_finite(x, &format!("{at}.{k}"))),
-        _ => {}
-    }
-}
 
 #[test]
 fn cni_quick_run_reports_every_figure() {
@@ -44,28 +12,8 @@ fn cni_quick_run_reports_every_figure() {
         eprintln!("skipping: the CNI benchmark needs root (network namespaces)");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("ambit-cni-smoke-{}", std::process::id()));
-    let out = dir.join("nested").join("cni.json");
-    let run = Command::new(env!("CARGO_BIN_EXE_ambit-bench"))
-        .args(["cni", "--quick", "--pods", "10", "--out"])
-        .arg(&out)
-        .output()
-        .expect("running ambit-bench");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "ambit-bench cni --quick failed:\n{stderr}"
-    );
-    let printed: Value = serde_json::from_slice(&run.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stderr}"));
-    let written: Value =
-        serde_json::from_str(&std::fs::read_to_string(&out).expect("--out file written"))
-            .expect("--out file is JSON");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(printed, written, "stdout and --out differ");
-    let r = printed;
+    let r = run_report(&["cni", "--quick", "--pods", "10"], "cni");
 
-    all_finite(&r, "");
     assert_eq!(get(&r, "benchmark"), "cni");
     assert_eq!(get(&r, "errors").as_u64(), Some(0), "{r:#}");
     assert_eq!(get(&r, "count").as_u64(), Some(10));

@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::redirect::{in_netns, RedirectError};
+use crate::redirect::{in_netns, Ns, RedirectError};
 
 /// nftables table (in the node's namespace) holding the probe SNAT and the set of pod IPs.
 pub const HOST_TABLE: &str = "ambit_host";
@@ -51,24 +51,20 @@ pub fn apply(
     })
 }
 
+/// `nft <verb> element ip ambit_host enrolled_pods { <ip> }`.
+fn pod_element(ns: &Ns<'_>, verb: &str, ip: Ipv4Addr) -> Result<(), RedirectError> {
+    let element = format!("{{ {ip} }}");
+    ns.check(
+        "nft",
+        &[verb, "element", "ip", HOST_TABLE, "enrolled_pods", &element],
+        None,
+    )
+    .map(|_| ())
+}
+
 /// Adds one enrolled pod's IP (idempotent).
 pub fn add_pod(node_netns: &Path, ip: Ipv4Addr) -> Result<(), RedirectError> {
-    let element = format!("{{ {ip} }}");
-    in_netns(node_netns, |ns| {
-        ns.check(
-            "nft",
-            &[
-                "add",
-                "element",
-                "ip",
-                HOST_TABLE,
-                "enrolled_pods",
-                &element,
-            ],
-            None,
-        )
-        .map(|_| ())
-    })
+    in_netns(node_netns, |ns| pod_element(ns, "add", ip))
 }
 
 /// Removes one pod's IP; a pod that was never added is fine.
@@ -80,26 +76,13 @@ pub fn remove_pod(node_netns: &Path, ip: Ipv4Addr) -> Result<(), RedirectError> 
             &["list", "set", "ip", HOST_TABLE, "enrolled_pods"],
             None,
         )?;
-        if !list
+        let present = list
             .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .any(|w| w == ip.to_string())
-        {
-            return Ok(());
+            .any(|w| w == ip.to_string());
+        if present {
+            pod_element(ns, "delete", ip)?;
         }
-        let element = format!("{{ {ip} }}");
-        ns.check(
-            "nft",
-            &[
-                "delete",
-                "element",
-                "ip",
-                HOST_TABLE,
-                "enrolled_pods",
-                &element,
-            ],
-            None,
-        )
-        .map(|_| ())
+        Ok(())
     })
 }
 

@@ -22,13 +22,10 @@
 //! [`apply`] is idempotent and [`remove`] restores the namespace exactly to
 //! what it was before (checked by the tests byte for byte via [`dump`]).
 
-use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-
-use nix::sched::CloneFlags;
 
 /// The nftables table holding every rule (family `inet`).
 pub const NFT_TABLE: &str = "ambit";
@@ -279,21 +276,7 @@ pub fn apply(netns: &Path, cfg: &RedirectConfig) -> Result<(), RedirectError> {
             ensure_rule(ns, family, cfg)?;
             let table = cfg.route_table.to_string();
             // `replace` is idempotent and never leaves the table empty.
-            ns.check(
-                "ip",
-                &[
-                    family.flag(),
-                    "route",
-                    "replace",
-                    "local",
-                    family.any(),
-                    "dev",
-                    "lo",
-                    "table",
-                    &table,
-                ],
-                None,
-            )?;
+            local_route(ns, family, "replace", &table)?;
         }
         ns.check("nft", &["-f", "-"], Some(&script))?;
         Ok(())
@@ -342,21 +325,7 @@ pub fn remove(netns: &Path, cfg: &RedirectConfig) -> Result<(), RedirectError> {
                 None,
             )?;
             if routes.status.success() && has_local_default(&routes.stdout, &table) {
-                ns.check(
-                    "ip",
-                    &[
-                        family.flag(),
-                        "route",
-                        "del",
-                        "local",
-                        family.any(),
-                        "dev",
-                        "lo",
-                        "table",
-                        &table,
-                    ],
-                    None,
-                )?;
+                local_route(ns, family, "del", &table)?;
             }
         }
         Ok(())
@@ -415,6 +384,31 @@ pub fn dump(netns: &Path) -> Result<String, RedirectError> {
 
 /// Adds the fwmark rule unless present; drops duplicates left by older
 /// versions or by two agents racing.
+/// `ip -4|-6 route <verb> local <any> dev lo table <table>`: the route that delivers
+/// connmarked replies to ztunnel's transparent sockets.
+fn local_route(
+    ns: &Ns<'_>,
+    family: Family,
+    verb: &str,
+    table: &str,
+) -> Result<String, RedirectError> {
+    ns.check(
+        "ip",
+        &[
+            family.flag(),
+            "route",
+            verb,
+            "local",
+            family.any(),
+            "dev",
+            "lo",
+            "table",
+            table,
+        ],
+        None,
+    )
+}
+
 fn ensure_rule(ns: &Ns<'_>, family: Family, cfg: &RedirectConfig) -> Result<(), RedirectError> {
     let selector = cfg.rule_selector();
     let selector: Vec<&str> = selector.iter().map(String::as_str).collect();
@@ -563,31 +557,14 @@ pub(crate) fn in_netns<T: Send>(
     path: &Path,
     f: impl FnOnce(&Ns<'_>) -> Result<T, RedirectError> + Send,
 ) -> Result<T, RedirectError> {
-    let file = File::open(path).map_err(|source| RedirectError::OpenNetns {
-        netns: path.to_path_buf(),
-        source,
-    })?;
-    std::thread::scope(|s| {
-        let worker = std::thread::Builder::new()
-            .name("ambit-redirect".into())
-            .spawn_scoped(s, move || {
-                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    RedirectError::EnterNetns {
-                        netns: path.to_path_buf(),
-                        source,
-                    }
-                })?;
-                f(&Ns { path })
-            })
-            .map_err(|source| RedirectError::Thread {
-                netns: path.to_path_buf(),
-                source,
-            })?;
-        match worker.join() {
-            Ok(result) => result,
-            Err(payload) => std::panic::resume_unwind(payload),
-        }
-    })
+    use ambit_core::netns::{run_in_thread, EnterError};
+    let netns = path.to_path_buf();
+    match run_in_thread(path, || f(&Ns { path })) {
+        Ok(result) => result,
+        Err(EnterError::Open { source, .. }) => Err(RedirectError::OpenNetns { netns, source }),
+        Err(EnterError::Setns { source, .. }) => Err(RedirectError::EnterNetns { netns, source }),
+        Err(EnterError::Thread { source, .. }) => Err(RedirectError::Thread { netns, source }),
+    }
 }
 
 #[cfg(test)]

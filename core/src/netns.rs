@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, CloneFlags};
 
@@ -85,9 +85,64 @@ impl Netns {
     }
 }
 
+/// Why [`run_in_thread`] could not run its closure.
+#[derive(Debug, thiserror::Error)]
+pub enum EnterError {
+    #[error("opening network namespace {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("entering network namespace {path}: {source}")]
+    Setns { path: PathBuf, source: nix::Error },
+    #[error("starting a thread for network namespace {path}: {source}")]
+    Thread { path: PathBuf, source: io::Error },
+}
+
+/// Runs `f` on a new scoped thread that first enters the network namespace at `path`; the
+/// calling thread never moves. For work that runs processes (children inherit the thread's
+/// namespace) or blocks, where [`Netns::run`]'s switch-and-return on the caller's thread
+/// would not do. A panic in `f` is propagated with its original payload.
+pub fn run_in_thread<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, EnterError> {
+    let file = File::open(path).map_err(|source| EnterError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("netns-worker".into())
+            .spawn_scoped(s, move || {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    EnterError::Setns {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?;
+                Ok(f())
+            })
+            .map_err(|source| EnterError::Thread {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        match worker.join() {
+            Ok(result) => result,
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_in_thread_reports_a_missing_namespace() {
+        let err = run_in_thread(Path::new("/nonexistent/netns"), || ()).unwrap_err();
+        assert!(matches!(err, EnterError::Open { .. }), "{err}");
+        let me = Netns::current().unwrap().inode();
+        let same = run_in_thread(Path::new("/proc/self/ns/net"), || {
+            Netns::current().unwrap().inode()
+        })
+        .unwrap();
+        assert_eq!(same, me);
+    }
 
     #[test]
     fn run_in_own_namespace_is_a_plain_call() {

@@ -296,6 +296,50 @@ impl Mesh {
         )
     }
 
+    /// Prepares CNI ADD of pod `i` for `command` (the plugin binary, or a binary that
+    /// re-executes itself as the plugin), chained after a primary CNI whose result it passes on.
+    pub fn cni_add(
+        &self,
+        i: usize,
+        mut command: Command,
+        agent_socket: &Path,
+        failure_policy: &str,
+    ) -> CniAdd {
+        let p = &self.pods[i];
+        let prev_result = format!(
+            r#"{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{}"}}],"ips":[{{"address":"{}/24","interface":0}}]}}"#,
+            p.pod.ns.path().display(),
+            p.pod.ip
+        );
+        let stdin = format!(
+            r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ambit-cni","agentSocket":"{}","failurePolicy":"{failure_policy}","agentTimeoutMs":5000,"prevResult":{prev_result}}}"#,
+            agent_socket.display()
+        );
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("ctr-{}", p.pod.name))
+            .env("CNI_NETNS", p.pod.ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                    p.namespace, p.pod.name
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        CniAdd {
+            command,
+            stdin,
+            prev_result,
+        }
+    }
+
     pub fn ztunnel_pid(&self, node: usize) -> Option<u32> {
         self.ztunnels[node].as_ref().map(|c| c.pid())
     }
@@ -383,6 +427,16 @@ impl Mesh {
         }
         serde_json::from_str(&body).map_err(|e| Error::Invalid(format!("admin {path}: {e}")))
     }
+}
+
+/// A CNI ADD for one pod, prepared exactly as a container runtime performs it.
+pub struct CniAdd {
+    /// The plugin with only the `CNI_*` environment (and PATH), stdio piped.
+    pub command: Command,
+    /// The network config to write to the plugin's stdin.
+    pub stdin: String,
+    /// The primary CNI's result inside it, which the plugin must print unchanged.
+    pub prev_result: String,
 }
 
 /// Sum of a metric's samples whose label set contains every `labels` pair.

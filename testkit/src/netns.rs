@@ -4,8 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::sched::CloneFlags;
-
 use crate::child::Child;
 use crate::error::{command_hint, Error};
 
@@ -143,32 +141,15 @@ impl Drop for NetNs {
 
 /// Runs `f` on a scoped thread that entered the network namespace at `path`.
 pub(crate) fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
-    let file = File::open(path).map_err(|source| Error::OpenNs {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    std::thread::scope(|s| {
-        let handle = std::thread::Builder::new()
-            .name("netns-worker".into())
-            .spawn_scoped(s, move || {
-                nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    Error::Setns {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                })?;
-                Ok(f())
-            })
-            .map_err(|source| Error::Io {
-                what: "spawning a thread".into(),
-                ns: path.display().to_string(),
-                source,
-            })?;
-        match handle.join() {
-            Ok(result) => result,
-            // Keep the original panic message (an assert in a test, say).
-            Err(payload) => std::panic::resume_unwind(payload),
-        }
+    use ambit_core::netns::{run_in_thread, EnterError};
+    run_in_thread(path, f).map_err(|e| match e {
+        EnterError::Open { path, source } => Error::OpenNs { path, source },
+        EnterError::Setns { path, source } => Error::Setns { path, source },
+        EnterError::Thread { path, source } => Error::Io {
+            what: "spawning a thread".into(),
+            ns: path.display().to_string(),
+            source,
+        },
     })
 }
 

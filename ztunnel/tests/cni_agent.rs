@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ambit_cni::agent::{Agent, AgentOptions};
@@ -94,41 +94,19 @@ fn plugin_socket(m: &Mesh, node: usize) -> PathBuf {
 
 /// Invokes the plugin exactly as a container runtime does. Returns (exit ok, stdout, stderr).
 fn cni_add(m: &Mesh, pod: usize, policy: &str) -> (bool, String, String) {
-    let p = m.pod(pod);
-    let prev = format!(
-        r#"{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"{}"}}],"ips":[{{"address":"{}/24","interface":0}}]}}"#,
-        p.pod.ns.path().display(),
-        p.pod.ip
+    let add = m.cni_add(
+        pod,
+        Command::new(cni_binary()),
+        &plugin_socket(m, m.pod(pod).pod.node),
+        policy,
     );
-    let conf = format!(
-        r#"{{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"ambit-cni","agentSocket":"{}","failurePolicy":"{policy}","agentTimeoutMs":5000,"prevResult":{prev}}}"#,
-        plugin_socket(m, p.pod.node).display()
-    );
-    let mut child = Command::new(cni_binary())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", format!("ctr-{}", p.pod.name))
-        .env("CNI_NETNS", p.pod.ns.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                p.namespace, p.pod.name
-            ),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let prev = add.prev_result;
+    let mut child = { add.command }.spawn().unwrap();
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(conf.as_bytes())
+        .write_all(add.stdin.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
