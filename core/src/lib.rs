@@ -14,5 +14,6 @@ pub mod x509;
 pub use identity::Identity;
 pub mod hbone;
 pub mod inpod_proto;
+pub mod meshconfig;
 pub mod netns;
 pub mod socket;
