@@ -65,6 +65,9 @@ pub struct WorkloadSpec {
     /// Endpoints that fail readiness are not load-balanced to.
     #[serde(default = "yes")]
     pub healthy: bool,
+    /// The waypoint that handles traffic addressed to this workload directly (by pod IP).
+    #[serde(default)]
+    pub waypoint: Option<WaypointRef>,
 }
 
 fn default_sa() -> String {
@@ -83,6 +86,20 @@ pub struct ServiceSpec {
     pub ports: Vec<ServicePort>,
     /// Endpoints are the workloads of the service's namespace whose labels include all of these.
     pub selector: BTreeMap<String, String>,
+    /// The waypoint that handles traffic addressed to this service (the operator sets it from the
+    /// `ambit.dev/use-waypoint` label on the Service or its Namespace).
+    #[serde(default)]
+    pub waypoint: Option<WaypointRef>,
+}
+
+/// Names the Service (in `services`) that fronts a waypoint's pods. Traffic for a service or
+/// workload with a waypoint goes over HBONE to one of that Service's endpoints on port 15008,
+/// expecting the endpoint's own SPIFFE identity.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaypointRef {
+    pub name: String,
+    pub namespace: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -154,4 +171,31 @@ pub struct DestinationSpec {
     pub ports: Vec<u16>,
     #[serde(default)]
     pub not_ports: Vec<u16>,
+    /// L7 conditions, enforced by a waypoint. ztunnel cannot see them; a rule that has any is
+    /// handled at L4 the way Istio's ztunnel does (see docs/ztunnel-config.md).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    /// Exact paths, `prefix*` or `*suffix`.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+}
+
+impl DestinationSpec {
+    /// Whether this destination names anything only an L7 proxy can check.
+    pub fn has_l7(&self) -> bool {
+        !(self.methods.is_empty()
+            && self.not_methods.is_empty()
+            && self.paths.is_empty()
+            && self.not_paths.is_empty()
+            && self.hosts.is_empty()
+            && self.not_hosts.is_empty())
+    }
 }
