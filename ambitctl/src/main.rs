@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod demo_app;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ enum Command {
         #[command(subcommand)]
         command: Local,
     },
+    /// Runs one service of the Bookinfo-shaped demo application (the sandbox and kind-tests use it).
+    DemoApp(demo_app::DemoAppArgs),
     /// Runs a ztunnel (used by the sandbox, which starts one per node from this binary).
     #[command(hide = true, name = "__ztunnel")]
     Ztunnel {
@@ -37,6 +40,10 @@ enum Local {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ztunnel { args } => ambit_ztunnel::cli::main_with_args(args),
+        Command::DemoApp(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(demo_app::run(args)),
         Command::Local {
             command: Local::Demo(args),
         } => demo::run(args),
