@@ -1,6 +1,6 @@
 //! The demo application: a Bookinfo-shaped set of tiny HTTP services, one binary, one role per
 //! process. `productpage` calls `details` and `reviews`; `reviews` v2/v3 call `ratings`. Every
-//! answer names who served it (`x-served-by`), so canary splits and retries are visible from
+//! answer names who served it (`x-served-by`, `x-demo-version`), so canary splits and retries are visible from
 //! the caller. Used by the local sandbox and by kind-tests (image `demo-app`).
 
 use std::convert::Infallible;
@@ -24,6 +24,8 @@ pub enum Role {
     Details,
     Reviews,
     Ratings,
+    /// Serves only `/healthz`: a pod to `kubectl exec` curl from.
+    Client,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -45,12 +47,21 @@ pub struct DemoAppArgs {
     /// Base URL of the ratings service (reviews v2/v3 only).
     #[arg(long, default_value = "http://ratings:9080", env = "RATINGS_URL")]
     pub ratings: String,
-    /// Answer this share of requests (0-100) with 503, to demonstrate retries.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100), env = "DEMO_FAIL_PERCENT")]
-    pub fail_percent: u8,
+    /// Answer this fraction of requests (0 to 1) with 503, to demonstrate retries.
+    #[arg(long, default_value_t = 0.0, value_parser = fail_rate, env = "DEMO_FAIL_RATE")]
+    pub fail_rate: f64,
     /// Name reported in `x-served-by` (defaults to $HOSTNAME, the pod name in Kubernetes).
     #[arg(long, env = "HOSTNAME", default_value = "demo")]
     pub instance: String,
+}
+
+fn fail_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a fraction between 0 and 1 (e.g. 0.5)"
+        )),
+    }
 }
 
 struct App {
@@ -106,27 +117,31 @@ impl App {
     }
 
     fn should_fail(&self) -> bool {
-        // Deterministic spread: exactly fail_percent of every 100 requests fail.
+        // Deterministic spread: exactly fail_rate of every 100 requests fail.
         let n = self.served.fetch_add(1, Ordering::Relaxed);
-        (n * 37 % 100) < u64::from(self.args.fail_percent)
+        ((n * 37 % 100) as f64) < self.args.fail_rate * 100.0
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
-        if path == "/health" {
+        if path == "/healthz" {
             return self.reply(StatusCode::OK, json!({"status": "ok"}));
         }
         if self.should_fail() {
             return self.reply(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "injected failure (--fail-percent)"}),
+                json!({"error": "injected failure (--fail-rate)"}),
             );
         }
         let id = path.rsplit('/').next().unwrap_or("0").to_string();
+        // `/` answers like the role's main resource, so a caller needs no per-role paths.
         let result = match (self.args.role, path.as_str()) {
             (Role::Productpage, "/" | "/productpage") => self.productpage().await,
+            (Role::Details, "/") => Ok(self.details("0")),
             (Role::Details, p) if p.starts_with("/details") => Ok(self.details(&id)),
+            (Role::Reviews, "/") => self.reviews("0").await,
             (Role::Reviews, p) if p.starts_with("/reviews") => self.reviews(&id).await,
+            (Role::Ratings, "/") => Ok(self.ratings("0")),
             (Role::Ratings, p) if p.starts_with("/ratings") => Ok(self.ratings(&id)),
             _ => return self.reply(
                 StatusCode::NOT_FOUND,
@@ -144,6 +159,7 @@ impl App {
             .status(status)
             .header("content-type", "application/json")
             .header("x-served-by", self.served_by())
+            .header("x-demo-version", &self.args.version)
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("static response parts are valid")
     }
@@ -192,6 +208,7 @@ fn role_name(role: Role) -> &'static str {
         Role::Details => "details",
         Role::Reviews => "reviews",
         Role::Ratings => "ratings",
+        Role::Client => "client",
     }
 }
 
@@ -235,7 +252,7 @@ mod tests {
             details: String::new(),
             reviews: String::new(),
             ratings: String::new(),
-            fail_percent: 0,
+            fail_rate: 0.0,
             instance: format!("{version}-test"),
         };
         extra(&mut args);
@@ -261,8 +278,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fail_percent_fails_exactly_that_share_and_upstream_errors_are_502() {
-        let ratings = start(Role::Ratings, "v1", |a| a.fail_percent = 30).await;
+    async fn fail_rate_fails_exactly_that_share_and_upstream_errors_are_502() {
+        let ratings = start(Role::Ratings, "v1", |a| a.fail_rate = 0.3).await;
         let mut failed = 0;
         for _ in 0..100 {
             if get_json(&format!("{ratings}/ratings/1")).await.is_err() {

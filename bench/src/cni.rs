@@ -233,6 +233,7 @@ impl Bench {
     fn agent_add(&self, i: usize, s: &mut Sample) -> anyhow::Result<()> {
         let p = self.m.pod(i);
         let req = PluginRequest::Add {
+            network: "k8s-pod-network".into(),
             container_id: format!("ctr-{}", p.pod.name),
             netns: p.pod.ns.path().to_string_lossy().into_owned(),
             ifname: "eth0".into(),
@@ -437,9 +438,9 @@ const RESYNC_MS: u64 = 200;
 const COMPONENT_PODS: usize = 20;
 
 /// The node agent's non-ztunnel steps of a capture, timed one by one on pods nobody else
-/// touches: the in-pod redirection (`ip` and `nft` runs in the pod's namespace), the
-/// kubelet-probe SNAT entry (`nft` in the node's namespace), and a bare fork/exec of
-/// `/bin/true` from this process for scale.
+/// touches: the in-pod redirection (policy routing over netlink plus one `nft -f` process in
+/// the pod's namespace), the kubelet-probe SNAT entry (one netlink message in the node's
+/// namespace), and a bare fork/exec of `/bin/true` from this process for scale.
 fn components(bench: &Bench, loose: &[usize]) -> anyhow::Result<Value> {
     let cfg = ambit_cni::redirect::RedirectConfig::default();
     let host = bench.m.topo.nodes[0].ns.path();

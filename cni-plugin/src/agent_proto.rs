@@ -9,11 +9,11 @@
 //! Wire examples:
 //!
 //! ```text
-//! > {"type":"add","container_id":"c1","netns":"/var/run/netns/cni-1","ifname":"eth0","pod_namespace":"demo","pod_name":"web-0","pod_uid":"…","ips":["10.1.0.5"]}
+//! > {"type":"add","network":"k8s-pod-network","container_id":"c1","netns":"/var/run/netns/cni-1","ifname":"eth0","pod_namespace":"demo","pod_name":"web-0","pod_uid":"…","ips":["10.1.0.5"]}
 //! < {"result":"captured"}
 //! > {"type":"status"}
 //! < {"result":"ok"}
-//! > {"type":"gc","valid_attachments":[{"containerID":"c1","ifname":"eth0"}]}
+//! > {"type":"gc","network":"k8s-pod-network","valid_attachments":[{"containerID":"c1","ifname":"eth0"}]}
 //! < {"result":"error","message":"…","retryable":true}
 //! ```
 
@@ -41,6 +41,9 @@ pub const MAX_RESPONSE_BYTES: usize = 64 << 10;
 pub enum PluginRequest {
     /// CNI ADD: capture this pod (if enrolled) before answering.
     Add {
+        /// The network config's `name`: GC releases only attachments of its own network.
+        #[serde(default)]
+        network: String,
         container_id: String,
         netns: String,
         ifname: String,
@@ -66,8 +69,12 @@ pub enum PluginRequest {
     },
     /// CNI STATUS: can the agent service ADDs right now?
     Status,
-    /// CNI GC: everything not in this list is stale.
-    Gc { valid_attachments: Vec<Attachment> },
+    /// CNI GC: every attachment of `network` not in this list is stale.
+    Gc {
+        #[serde(default)]
+        network: String,
+        valid_attachments: Vec<Attachment>,
+    },
 }
 
 /// One attachment, spelled as in the CNI `cni.dev/valid-attachments` list.

@@ -1,11 +1,14 @@
 //! Ambit's chained CNI plugin and node agent.
 //!
-//! For now this holds [`redirect`]: the in-pod redirection rules the node
-//! agent installs inside each enrolled pod's network namespace.
+//! [`cni`] is the plugin, [`agent`] the node agent, [`redirect`] the in-pod redirection rules
+//! the agent installs inside each enrolled pod's network namespace (policy routing over
+//! [`netlink`], nftables rules with one `nft` transaction), [`probes`] the node-side SNAT
+//! that keeps kubelet probes working.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod agent_proto;
 pub mod cni;
+pub mod netlink;
 pub mod probes;
 pub mod redirect;

@@ -10,7 +10,8 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::redirect::{in_netns, Ns, RedirectError};
+use crate::netlink::nftables;
+use crate::redirect::{in_netns, RedirectError};
 
 /// nftables table (in the node's namespace) holding the probe SNAT and the set of pod IPs.
 pub const HOST_TABLE: &str = "ambit_host";
@@ -51,38 +52,23 @@ pub fn apply(
     })
 }
 
-/// `nft <verb> element ip ambit_host enrolled_pods { <ip> }`.
-fn pod_element(ns: &Ns<'_>, verb: &str, ip: Ipv4Addr) -> Result<(), RedirectError> {
-    let element = format!("{{ {ip} }}");
-    ns.check(
-        "nft",
-        &[verb, "element", "ip", HOST_TABLE, "enrolled_pods", &element],
-        None,
-    )
-    .map(|_| ())
-}
+/// The set of enrolled pod IPs in [`HOST_TABLE`].
+const POD_SET: &str = "enrolled_pods";
 
-/// Adds one enrolled pod's IP (idempotent).
+/// Adds one enrolled pod's IP (idempotent), over netlink: no process. Fails (ENOENT) when
+/// the table is not installed yet; [`apply`] installs it.
 pub fn add_pod(node_netns: &Path, ip: Ipv4Addr) -> Result<(), RedirectError> {
-    in_netns(node_netns, |ns| pod_element(ns, "add", ip))
+    in_netns(node_netns, |ns| {
+        nftables::add_element(HOST_TABLE, POD_SET, ip).map_err(|e| ns.netlink(e))
+    })
 }
 
-/// Removes one pod's IP; a pod that was never added is fine.
+/// Removes one pod's IP; a pod that was never added (or no table at all) is fine.
 pub fn remove_pod(node_netns: &Path, ip: Ipv4Addr) -> Result<(), RedirectError> {
-    // `destroy` would be idempotent but needs nft >= 1.0.8; check membership instead.
     in_netns(node_netns, |ns| {
-        let list = ns.check(
-            "nft",
-            &["list", "set", "ip", HOST_TABLE, "enrolled_pods"],
-            None,
-        )?;
-        let present = list
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .any(|w| w == ip.to_string());
-        if present {
-            pod_element(ns, "delete", ip)?;
-        }
-        Ok(())
+        nftables::delete_element(HOST_TABLE, POD_SET, ip)
+            .map(drop)
+            .map_err(|e| ns.netlink(e))
     })
 }
 

@@ -15,6 +15,7 @@ use serde_json::json;
 #[test]
 fn wire_format_is_tagged_snake_case() {
     let add = PluginRequest::Add {
+        network: "k8s-pod-network".into(),
         container_id: "c1".into(),
         netns: "/var/run/netns/x".into(),
         ifname: "eth0".into(),
@@ -25,22 +26,29 @@ fn wire_format_is_tagged_snake_case() {
     };
     assert_eq!(
         serde_json::to_value(&add).unwrap(),
-        json!({"type":"add","container_id":"c1","netns":"/var/run/netns/x","ifname":"eth0",
+        json!({"type":"add","network":"k8s-pod-network","container_id":"c1","netns":"/var/run/netns/x","ifname":"eth0",
                "pod_namespace":"demo","pod_name":"web-0","pod_uid":null,"ips":["10.0.0.1"]})
     );
+    // A plugin from before `network` existed still talks to this agent.
+    let old: PluginRequest = serde_json::from_value(
+        json!({"type":"gc","valid_attachments":[{"containerID":"c1","ifname":"eth0"}]}),
+    )
+    .unwrap();
+    assert!(matches!(old, PluginRequest::Gc { network, .. } if network.is_empty()));
     assert_eq!(
         serde_json::to_value(PluginRequest::Status).unwrap(),
         json!({"type":"status"})
     );
     assert_eq!(
         serde_json::to_value(PluginRequest::Gc {
+            network: "k8s-pod-network".into(),
             valid_attachments: vec![Attachment {
                 container_id: "c1".into(),
                 ifname: "eth0".into()
             }]
         })
         .unwrap(),
-        json!({"type":"gc","valid_attachments":[{"containerID":"c1","ifname":"eth0"}]})
+        json!({"type":"gc","network":"k8s-pod-network","valid_attachments":[{"containerID":"c1","ifname":"eth0"}]})
     );
     assert_eq!(
         serde_json::to_value(AgentResponse::Skipped {

@@ -115,6 +115,7 @@ fn add_passes_prev_result_through_byte_for_byte_for_every_version() {
         assert_eq!(
             req,
             PluginRequest::Add {
+                network: "k8s-pod-network".into(),
                 container_id: CONTAINER_ID.into(),
                 netns: NETNS.into(),
                 ifname: "eth0".into(),
@@ -650,6 +651,7 @@ fn gc_forwards_valid_attachments() {
     assert_eq!(
         agent.requests(),
         vec![PluginRequest::Gc {
+            network: "k8s-pod-network".into(),
             valid_attachments: vec![
                 Attachment {
                     container_id: "aaa111".into(),

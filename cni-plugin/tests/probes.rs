@@ -13,6 +13,12 @@ fn host_probes_bypass_capture_and_pod_traffic_does_not() {
     let node = &topo.nodes[0];
     let cfg = redirect::RedirectConfig::default();
     let probe_ip = cfg.probe_source_v4.unwrap();
+    // No table yet: removing is a no-op, adding says so (the agent then installs the table).
+    probes::remove_pod(&node.ns.path(), a.ip).unwrap();
+    let err = probes::add_pod(&node.ns.path(), a.ip)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("No such file or directory"), "{err}");
     redirect::apply(&a.ns.path(), &cfg).unwrap();
     let _app = LineApp::start(&a.ns, "a", 8080).unwrap();
     let target = SocketAddr::from((a.ip, 8080));
@@ -43,6 +49,19 @@ fn host_probes_bypass_capture_and_pod_traffic_does_not() {
     assert!(ask_once(&node.ns, target, "probe").is_err());
     probes::add_pod(&node.ns.path(), a.ip).unwrap();
     assert!(ask_once(&node.ns, target, "probe").is_ok());
+    // The netlink element matches what `nft` itself would list.
+    let set = node
+        .ns
+        .exec(&[
+            "nft",
+            "list",
+            "set",
+            "ip",
+            probes::HOST_TABLE,
+            "enrolled_pods",
+        ])
+        .unwrap();
+    assert!(set.contains(&format!("elements = {{ {} }}", a.ip)), "{set}");
 
     // Uninstall leaves no table behind, and is idempotent.
     probes::remove(&node.ns.path()).unwrap();

@@ -2,6 +2,11 @@
 //! ALLOW policy selects the workload, one must match; with no policy, everything is allowed.
 //! Principal and namespace conditions need an mTLS identity: plaintext never matches them
 //! (and always satisfies their `not*` forms).
+//!
+//! L7 conditions (`methods`, `paths`, `hosts` and their `not*` forms) are for a waypoint;
+//! ztunnel cannot see them and handles them as Istio's ztunnel does, failing closed both
+//! ways: in an ALLOW policy a rule with any of them never matches, in a DENY policy they are
+//! dropped and the rule's L4 rest decides.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -136,9 +141,16 @@ struct Ports {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Rule {
     from: Vec<Source>,
     to: Vec<Ports>,
+    /// The rule named L7 conditions (shown in the config dump: why a rule behaves as it does).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    has_l7: bool,
+    /// An ALLOW rule with L7 conditions: ztunnel can't prove them, so it never allows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    never_matches: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -197,7 +209,8 @@ impl Source {
 
 impl Rule {
     fn matches(&self, c: &Connection) -> bool {
-        (self.from.is_empty() || self.from.iter().any(|s| s.matches(c)))
+        !self.never_matches
+            && (self.from.is_empty() || self.from.iter().any(|s| s.matches(c)))
             && (self.to.is_empty()
                 || self.to.iter().any(|t| {
                     (t.ports.is_empty() || t.ports.contains(&c.dst_port))
@@ -212,7 +225,10 @@ impl CompiledPolicy {
             .rules
             .iter()
             .map(|r| {
+                let has_l7 = r.to.iter().any(|t| t.has_l7());
                 Ok(Rule {
+                    has_l7,
+                    never_matches: has_l7 && spec.action == PolicyAction::Allow,
                     from: r
                         .from
                         .iter()
@@ -295,111 +311,4 @@ pub fn authorize(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::MeshConfig;
-    use crate::state::ProxyState;
-
-    fn state(policies: &str) -> ProxyState {
-        let yaml = format!(
-            "workloads:\n  - {{name: b, namespace: prod, ip: 10.0.0.2, node: n, labels: {{app: b}}}}\npolicies:\n{policies}"
-        );
-        let cfg: MeshConfig = serde_yaml::from_str(&yaml).unwrap();
-        ProxyState::build(&cfg).unwrap()
-    }
-
-    fn check(s: &ProxyState, who: Option<&str>, ip: &str, port: u16) -> Result<(), Denied> {
-        let id: Option<Identity> = who.map(|w| w.parse().unwrap());
-        let dst = s.workload(&"10.0.0.2".parse().unwrap()).unwrap();
-        authorize(
-            &s.policies,
-            dst,
-            &Connection {
-                src_identity: id.as_ref(),
-                src_ip: ip.parse().unwrap(),
-                dst_port: port,
-            },
-        )
-    }
-
-    const FRONT: &str = "spiffe://cluster.local/ns/web/sa/frontend";
-    const OTHER: &str = "spiffe://cluster.local/ns/dev/sa/tool";
-
-    #[test]
-    fn no_policy_allows_everything() {
-        let s = state("  []\n");
-        assert!(check(&s, None, "1.2.3.4", 80).is_ok());
-    }
-
-    #[test]
-    fn allow_policy_admits_only_matches() {
-        let s = state(&format!(
-            "  - name: allow-front\n    namespace: prod\n    selector: {{app: b}}\n    action: ALLOW\n    rules:\n      - from: [{{principals: ['{FRONT}']}}]\n        to: [{{ports: [8080]}}]\n"
-        ));
-        assert!(check(&s, Some(FRONT), "10.1.0.1", 8080).is_ok());
-        assert!(check(&s, Some(FRONT), "10.1.0.1", 9090).is_err());
-        assert!(check(&s, Some(OTHER), "10.1.0.1", 8080).is_err());
-        assert!(
-            check(&s, None, "10.1.0.1", 8080).is_err(),
-            "plaintext has no principal"
-        );
-    }
-
-    #[test]
-    fn deny_wins_over_allow() {
-        let s = state(
-            "  - {name: allow-all, namespace: prod, action: ALLOW, rules: [{}]}\n  - name: deny-dev\n    namespace: prod\n    action: DENY\n    rules: [{from: [{namespaces: [dev]}]}]\n");
-        assert!(check(&s, Some(FRONT), "10.1.0.1", 80).is_ok());
-        let denied = check(&s, Some(OTHER), "10.1.0.1", 80).unwrap_err();
-        assert_eq!(denied.by, "prod/deny-dev");
-    }
-
-    #[test]
-    fn negations_wildcards_and_ip_blocks() {
-        let s = state(
-            "  - name: deny-outsiders\n    namespace: ambit-system\n    action: DENY\n    rules:\n      - from: [{notPrincipals: ['spiffe://cluster.local/ns/web/*'], notIpBlocks: ['10.1.0.0/16']}]\n",
-        );
-        assert!(
-            check(&s, Some(FRONT), "192.168.1.1", 80).is_ok(),
-            "principal exempts"
-        );
-        assert!(
-            check(&s, Some(OTHER), "10.1.2.3", 80).is_ok(),
-            "ip block exempts"
-        );
-        assert!(check(&s, Some(OTHER), "192.168.1.1", 80).is_err());
-        assert!(
-            check(&s, None, "192.168.1.1", 80).is_err(),
-            "plaintext matches notPrincipals"
-        );
-    }
-
-    #[test]
-    fn empty_allow_policy_denies_all_and_selector_scopes() {
-        let s = state("  - {name: lockdown, namespace: prod, action: ALLOW}\n");
-        assert!(check(&s, Some(FRONT), "10.1.0.1", 80).is_err());
-        let s =
-            state("  - {name: lockdown, namespace: prod, selector: {app: other}, action: ALLOW}\n");
-        assert!(
-            check(&s, Some(FRONT), "10.1.0.1", 80).is_ok(),
-            "not selected"
-        );
-    }
-
-    #[test]
-    fn bad_policy_input_is_reported() {
-        let cfg: MeshConfig = serde_yaml::from_str(
-            "policies:\n  - {name: p, namespace: n, action: DENY, rules: [{from: [{ipBlocks: ['10.0.0.0/33']}]}]}\n",
-        )
-        .unwrap();
-        let err = ProxyState::build(&cfg).unwrap_err().to_string();
-        assert!(
-            err.contains("policies[0] (n/p)") && err.contains("10.0.0.0/33"),
-            "{err}"
-        );
-        assert_eq!(
-            Pattern::parse("a*b").unwrap_err(),
-            PolicyError::BadPattern("a*b".into())
-        );
-    }
-}
+mod tests;

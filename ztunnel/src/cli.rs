@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::source::FileSource;
+use crate::source::{ConfigSource, FileSource};
+use crate::stream_source::StreamSource;
 use crate::{Options, Ztunnel};
 use ambit_core::ca::CertificateAuthority;
-use ambit_core::certs::LocalCa;
+use ambit_core::certs::{CertificateProvider, LocalCa};
+use ambit_core::control::{Endpoint, RemoteCa};
 use ambit_core::hbone::client::PoolConfig;
 use anyhow::Context;
 use clap::Parser;
@@ -24,18 +26,40 @@ pub struct Args {
     /// Name of the node this ztunnel serves.
     #[arg(long, env = "NODE_NAME")]
     node: String,
-    /// Mesh config (workloads, services, policies) as YAML; re-read when it changes.
+    /// The operator's control plane (`host:port`, usually ambit-operator.ambit-system.svc:15012):
+    /// config stream and CA. Excludes --config/--ca-cert/--ca-key.
+    #[arg(long, env = "AMBIT_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// The mesh root certificate the control plane's certificate must chain to (stream mode;
+    /// from ConfigMap ambit-ca-root-cert).
+    #[arg(
+        long,
+        env = "AMBIT_ROOT_CERT",
+        default_value = "/var/run/ambit/ca/root-cert.pem"
+    )]
+    root_cert: PathBuf,
+    /// Projected ServiceAccount token sent to the control plane (stream mode; re-read per connection).
+    #[arg(
+        long,
+        env = "AMBIT_TOKEN_FILE",
+        default_value = "/var/run/secrets/tokens/ambit-token"
+    )]
+    token_file: PathBuf,
+    /// SPIFFE ID the control plane must present (default: the operator's in --trust-domain).
+    #[arg(long)]
+    operator_identity: Option<ambit_core::Identity>,
+    /// File mode: mesh config (workloads, services, policies) as YAML; re-read when it changes.
     #[arg(long, env = "AMBIT_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// How often to check the config file for changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reload_interval: Duration,
-    /// Mesh CA certificate (PEM) used to issue workload certificates locally.
+    /// File mode: mesh CA certificate (PEM) used to issue workload certificates locally.
     #[arg(long, env = "AMBIT_CA_CERT")]
-    ca_cert: PathBuf,
-    /// Mesh CA private key (PKCS#8 PEM).
+    ca_cert: Option<PathBuf>,
+    /// File mode: mesh CA private key (PKCS#8 PEM).
     #[arg(long, env = "AMBIT_CA_KEY")]
-    ca_key: PathBuf,
+    ca_key: Option<PathBuf>,
     /// Extra trust roots (PEM), e.g. the next root during a root rotation.
     #[arg(long)]
     extra_root: Vec<PathBuf>,
@@ -71,6 +95,80 @@ fn read_pem(path: &PathBuf, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))
 }
 
+type Mode = (Box<dyn ConfigSource>, Arc<dyn CertificateProvider>, String);
+
+/// Exactly one of: the control plane (config stream + remote CA), or a file and a local CA.
+fn mode(args: &Args) -> anyhow::Result<Mode> {
+    let file_flags = [
+        ("--config", args.config.is_some()),
+        ("--ca-cert", args.ca_cert.is_some()),
+        ("--ca-key", args.ca_key.is_some()),
+        ("--extra-root", !args.extra_root.is_empty()),
+    ];
+    if let Some(address) = &args.control_plane {
+        let clash: Vec<&str> = file_flags.iter().filter(|f| f.1).map(|f| f.0).collect();
+        anyhow::ensure!(
+            clash.is_empty(),
+            "--control-plane takes config and certificates from the operator; drop {}",
+            clash.join(", ")
+        );
+        let operator_identity = match &args.operator_identity {
+            Some(id) => id.clone(),
+            None => ambit_core::control::operator_identity(&args.trust_domain)?,
+        };
+        let endpoint = Endpoint {
+            address: address.clone(),
+            root_cert: args.root_cert.clone(),
+            operator_identity,
+            token_file: args.token_file.clone(),
+            connect_timeout: Duration::from_secs(10),
+        };
+        // Fail fast on a missing root or token: retrying would not fix them.
+        ambit_core::control::tls::read_roots(&endpoint.root_cert)?;
+        endpoint.token()?;
+        let source = Box::new(StreamSource {
+            endpoint: endpoint.clone(),
+            node: args.node.clone(),
+            trust_domain: args.trust_domain.clone(),
+        });
+        return Ok((
+            source,
+            Arc::new(RemoteCa { endpoint }),
+            format!("control plane {address}"),
+        ));
+    }
+    let (Some(config), Some(ca_cert), Some(ca_key)) = (&args.config, &args.ca_cert, &args.ca_key)
+    else {
+        anyhow::bail!(
+            "give either --control-plane HOST:PORT, or all of --config, --ca-cert and --ca-key"
+        );
+    };
+    let ca = CertificateAuthority::from_pem(
+        &args.trust_domain,
+        &read_pem(ca_cert, "CA certificate")?,
+        &read_pem(ca_key, "CA key")?,
+    )
+    .context("loading the mesh CA")?;
+    let mut extra_roots = vec![];
+    for path in &args.extra_root {
+        let pem = read_pem(path, "extra trust root")?;
+        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            extra_roots.push(cert.with_context(|| format!("parsing {}", path.display()))?);
+        }
+    }
+    let source = Box::new(FileSource {
+        path: config.clone(),
+        interval: args.reload_interval,
+        trust_domain: Some(args.trust_domain.clone()),
+    });
+    let certs = Arc::new(LocalCa {
+        ca: Arc::new(ca),
+        leaf_ttl: args.leaf_ttl,
+        extra_roots,
+    });
+    Ok((source, certs, config.display().to_string()))
+}
+
 /// Parses `args` (argv without the program name) and runs ztunnel until SIGTERM.
 pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> anyhow::Result<()> {
     let args = Args::parse_from(std::iter::once("ztunnel".into()).chain(args));
@@ -82,36 +180,16 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
     } else {
         fmt.init();
     }
-    let ca = CertificateAuthority::from_pem(
-        &args.trust_domain,
-        &read_pem(&args.ca_cert, "CA certificate")?,
-        &read_pem(&args.ca_key, "CA key")?,
-    )
-    .context("loading the mesh CA")?;
-    let mut extra_roots = vec![];
-    for path in &args.extra_root {
-        let pem = read_pem(path, "extra trust root")?;
-        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-            extra_roots.push(cert.with_context(|| format!("parsing {}", path.display()))?);
-        }
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads)
         .enable_all()
         .build()?;
+    let (source, certs, from) = mode(&args)?;
     runtime.block_on(async move {
         let _zt = Ztunnel::start(Options {
             node: args.node.clone(),
-            source: Box::new(FileSource {
-                path: args.config.clone(),
-                interval: args.reload_interval,
-                trust_domain: Some(args.trust_domain.clone()),
-            }),
-            certs: Arc::new(LocalCa {
-                ca: Arc::new(ca),
-                leaf_ttl: args.leaf_ttl,
-                extra_roots,
-            }),
+            source,
+            certs,
             admin_addr: args.admin_addr,
             metrics_addr: args.metrics_addr,
             readiness_addr: args.readiness_addr,
@@ -122,7 +200,7 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
             inpod_socket: args.inpod_socket.clone(),
         })
         .await?;
-        info!(node = %args.node, config = %args.config.display(), "ztunnel started");
+        info!(node = %args.node, config = %from, "ztunnel started");
         let mut term = signal(SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),

@@ -246,6 +246,7 @@ impl InpodServer {
             mtls_mode: MtlsMode::default(),
             healthy: true,
             netns: None,
+            waypoint: None,
         })
     }
 }

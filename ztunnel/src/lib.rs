@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod source;
 pub mod state;
+pub mod stream_source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

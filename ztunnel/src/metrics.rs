@@ -16,9 +16,11 @@ pub struct ConnLabels {
     pub source_workload: String,
     pub source_workload_namespace: String,
     pub source_principal: String,
+    /// For the source reporter of a connection sent to a waypoint: the waypoint's pod.
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     pub destination_principal: String,
+    /// The Service the caller addressed (also when it went through a waypoint).
     pub destination_service: String,
     /// `mutual_tls` or `none`.
     pub connection_security_policy: String,
@@ -65,6 +67,9 @@ pub struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
     pub reporter: String,
+    /// Why: `connect_failed`, `tls_failed`, `upstream_refused`, `upstream_connect_failed`,
+    /// `waypoint_unavailable` (a waypoint-bound connection reset because its waypoint has no
+    /// healthy pod, is missing from config or can't be reached), ...
     pub reason: String,
 }
 

@@ -1,5 +1,5 @@
-//! Where config comes from. Today: a local YAML file, re-read when it changes. The operator's
-//! config stream implements the same [`ConfigSource`] interface.
+//! Where config comes from: a local YAML file, re-read when it changes (tests, the sandbox), or
+//! the operator's config stream ([`crate::stream_source`]), both behind [`ConfigSource`].
 //!
 //! A bad update is logged, counted (`ambit_config_reloads_total{result="error"}`) and
 //! ignored: the proxies keep serving the last good config.
@@ -31,6 +31,8 @@ pub enum SourceError {
         found: String,
         expected: String,
     },
+    #[error("config from the control plane: {0}")]
+    Stream(String),
     #[error("config file {path}: {source}")]
     Invalid {
         path: PathBuf,

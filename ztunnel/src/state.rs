@@ -9,7 +9,7 @@ use ambit_core::Identity;
 use serde::Serialize;
 
 use crate::authz::{CompiledPolicy, PolicyError};
-use crate::config::{MeshConfig, MtlsMode, WorkloadSpec};
+use crate::config::{MeshConfig, MtlsMode, WaypointRef, WorkloadSpec};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,6 +25,8 @@ pub struct Workload {
     pub mtls_mode: MtlsMode,
     pub healthy: bool,
     pub netns: Option<std::path::PathBuf>,
+    /// Traffic addressed to this pod's IP goes through this waypoint.
+    pub waypoint: Option<WaypointRef>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,8 +42,11 @@ pub struct Service {
     pub name: String,
     pub namespace: String,
     pub port: u16,
+    pub selector: BTreeMap<String, String>,
     /// Healthy endpoints only.
     pub endpoints: Vec<Endpoint>,
+    /// Traffic addressed to this service goes through this waypoint.
+    pub waypoint: Option<WaypointRef>,
     #[serde(skip)]
     next: AtomicUsize,
 }
@@ -49,6 +54,11 @@ pub struct Service {
 impl Service {
     pub fn hostname(&self) -> String {
         format!("{}.{}.svc", self.name, self.namespace)
+    }
+
+    /// Whether `w` is one of this service's workloads, healthy or not.
+    pub fn selects(&self, w: &Workload) -> bool {
+        w.namespace == self.namespace && selects(&self.selector, &w.labels)
     }
 
     /// Round robin over healthy endpoints.
@@ -69,6 +79,10 @@ pub struct ProxyState {
     pub workloads: BTreeMap<IpAddr, Arc<Workload>>,
     /// Keyed by VIP:port.
     pub services: BTreeMap<SocketAddr, Arc<Service>>,
+    /// Keyed by (namespace, name): how a [`WaypointRef`] finds the Service in front of the
+    /// waypoint's pods. Endpoints don't depend on the port, so the first port's entry will do.
+    #[serde(skip)]
+    pub services_by_name: BTreeMap<(String, String), Arc<Service>>,
     pub policies: Vec<CompiledPolicy>,
 }
 
@@ -113,6 +127,7 @@ fn build_workload(i: usize, w: &WorkloadSpec, cfg: &MeshConfig) -> Result<Worklo
         mtls_mode: w.mtls_mode.unwrap_or(cfg.default_mtls_mode),
         healthy: w.healthy,
         netns: w.netns.clone(),
+        waypoint: w.waypoint.clone(),
     })
 }
 
@@ -150,8 +165,18 @@ impl ProxyState {
             }
         }
         let mut services = BTreeMap::new();
+        let mut services_by_name: BTreeMap<_, (usize, Arc<Service>)> = BTreeMap::new();
         for (i, svc) in cfg.services.iter().enumerate() {
             let path = format!("services[{i}] ({}/{})", svc.namespace, svc.name);
+            // A waypoint reference names a Service: two with one name would make it ambiguous.
+            if let Some((prev, _)) =
+                services_by_name.get(&(svc.namespace.clone(), svc.name.clone()))
+            {
+                return Err(invalid(
+                    path,
+                    format!("the name is also used by services[{prev}]"),
+                ));
+            }
             if svc.vips.is_empty() || svc.ports.is_empty() {
                 return Err(invalid(
                     path,
@@ -179,9 +204,14 @@ impl ProxyState {
                     name: svc.name.clone(),
                     namespace: svc.namespace.clone(),
                     port: port.port,
+                    selector: svc.selector.clone(),
                     endpoints,
+                    waypoint: svc.waypoint.clone(),
                     next: AtomicUsize::new(0),
                 });
+                services_by_name
+                    .entry((svc.namespace.clone(), svc.name.clone()))
+                    .or_insert_with(|| (i, service.clone()));
                 for vip in &svc.vips {
                     let key = SocketAddr::new(*vip, port.port);
                     if workloads.contains_key(vip) {
@@ -211,6 +241,10 @@ impl ProxyState {
             trust_domain: cfg.trust_domain.clone(),
             workloads,
             services,
+            services_by_name: services_by_name
+                .into_iter()
+                .map(|(k, (_, svc))| (k, svc))
+                .collect(),
             policies,
         })
     }
@@ -221,6 +255,12 @@ impl ProxyState {
 
     pub fn service(&self, addr: &SocketAddr) -> Option<&Arc<Service>> {
         self.services.get(addr)
+    }
+
+    /// The Service a waypoint reference names, if the config has it.
+    pub fn waypoint_service(&self, wp: &WaypointRef) -> Option<&Arc<Service>> {
+        self.services_by_name
+            .get(&(wp.namespace.clone(), wp.name.clone()))
     }
 
     /// Workloads this node's ztunnel must serve: on `node`, captured, with a namespace.
@@ -278,6 +318,32 @@ services:
     }
 
     #[test]
+    fn waypoint_references_are_kept_and_resolve_by_name() {
+        let yaml = format!(
+            "{BASE}  - {{name: wp, namespace: ns1, vips: [10.96.0.9], ports: [{{port: 15008}}, {{port: 15021}}], selector: {{app: a}}}}\n"
+        )
+        .replace(
+            "selector: {app: b}}",
+            "selector: {app: b}, waypoint: {name: wp, namespace: ns1}}",
+        )
+        .replace(
+            "labels: {app: b}, healthy: false}",
+            "labels: {app: b}, healthy: false, waypoint: {name: other, namespace: ns1}}",
+        );
+        let s = parse(&yaml).unwrap();
+        let svc = s.service(&"10.96.0.1:80".parse().unwrap()).unwrap();
+        let wp = svc.waypoint.as_ref().expect("service waypoint");
+        let wp_svc = s.waypoint_service(wp).expect("resolves by namespace/name");
+        assert_eq!(wp_svc.hostname(), "wp.ns1.svc");
+        let a = s.workload(&"10.0.0.1".parse().unwrap()).unwrap();
+        assert!(wp_svc.selects(a) && !svc.selects(a));
+        let b3 = s.workload(&"10.0.0.4".parse().unwrap()).unwrap();
+        assert_eq!(b3.waypoint.as_ref().unwrap().name, "other");
+        assert!(svc.selects(b3), "selects ignores health");
+        assert!(s.waypoint_service(b3.waypoint.as_ref().unwrap()).is_none());
+    }
+
+    #[test]
     fn errors_name_the_offending_entry() {
         let dup = format!("{BASE}  - {{name: c, namespace: ns1, vips: [10.96.0.1], ports: [{{port: 80}}], selector: {{}}}}\n");
         let err = parse(&dup).unwrap_err();
@@ -297,6 +363,13 @@ services:
             parse("workloads:\n  - {name: a, namespace: n, ip: 10.0.0.1, node: n1, colour: red}\n")
                 .unwrap_err();
         assert!(err.contains("unknown field `colour`"), "{err}");
+
+        let twice = format!("{BASE}  - {{name: b, namespace: ns1, vips: [10.96.0.2], ports: [{{port: 80}}], selector: {{}}}}\n");
+        let err = parse(&twice).unwrap_err();
+        assert!(
+            err.contains("services[1] (ns1/b): the name is also used by services[0]"),
+            "{err}"
+        );
 
         let err = parse("trustDomain: Bad_Domain\n").unwrap_err();
         assert!(err.contains("trustDomain"), "{err}");

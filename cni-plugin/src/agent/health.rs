@@ -32,6 +32,7 @@ pub struct AgentMetrics {
     pub enrolled_pods: Gauge,
     pub enrollment_failures: Family<ReasonLabels, Counter>,
     pub plugin_requests: Family<RequestLabels, Histogram>,
+    pub gc_released: Counter,
 }
 
 impl Default for AgentMetrics {
@@ -55,6 +56,12 @@ impl Default for AgentMetrics {
             "Pods that should have been captured but could not be, by reason",
             enrollment_failures.clone(),
         );
+        let gc_released = Counter::default();
+        registry.register(
+            "gc_released_attachments",
+            "Captured pods released because a CNI GC no longer listed their attachment",
+            gc_released.clone(),
+        );
         registry.register(
             "plugin_request_duration_seconds",
             "Time the agent took to answer a CNI plugin request",
@@ -65,6 +72,7 @@ impl Default for AgentMetrics {
             enrolled_pods,
             enrollment_failures,
             plugin_requests,
+            gc_released,
         }
     }
 }

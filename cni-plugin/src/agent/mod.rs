@@ -7,10 +7,13 @@
 //! When ztunnel (re)connects, the agent replays every captured pod and marks the snapshot
 //! complete, so a restarted ztunnel rebuilds exactly the right set.
 
+mod capture;
 pub mod cluster;
+mod gc;
 pub mod health;
 pub mod install;
 pub mod netns_lookup;
+mod reconcile;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,11 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ambit_core::inpod_proto::{AgentClient, InpodError, PodInfo};
+use ambit_core::inpod_proto::{AgentClient, PodInfo};
 use tracing::{info, warn};
 
 use crate::agent_proto::{serve_one, AgentResponse, PluginRequest};
-use crate::redirect::{self, RedirectConfig};
+use crate::redirect::RedirectConfig;
 use cluster::{ClusterPod, ClusterView, Decision};
 
 #[derive(Clone, Debug)]
@@ -47,8 +50,19 @@ pub struct AgentOptions {
     pub netns_prefix: Option<String>,
 }
 
+/// A CNI attachment the agent captured through ADD: what GC names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AttachmentKey {
+    network: String,
+    container_id: String,
+    ifname: String,
+}
+
 struct Captured {
     info: PodInfo,
+    /// Set when the pod was captured by CNI ADD; `None` when the reconciler captured a
+    /// running pod (label change), which no runtime GC list will ever name.
+    attachment: Option<AttachmentKey>,
     /// Kept open: replays to a restarted ztunnel need the namespace even after the path the
     /// runtime gave us is gone.
     netns: File,
@@ -72,6 +86,8 @@ struct State {
     view: ClusterView,
     captured: HashMap<String, Captured>,
     ztunnel: Option<AgentClient>,
+    /// Why the last connection attempt to ztunnel failed (for readiness).
+    ztunnel_error: Option<String>,
 }
 
 /// Why a pod could not be captured: a metric label and a message for the plugin and logs.
@@ -160,13 +176,25 @@ impl Agent {
             .store(installed, std::sync::atomic::Ordering::Release);
     }
 
-    /// Ready: the plugin is in the CNI config and ztunnel is connected.
+    /// Ready: the plugin is in the CNI config and ztunnel is connected. Only reports: the
+    /// reconciler (every `--resync`) and plugin requests are what reconnect, so a readiness
+    /// probe never triggers a replay of every pod to ztunnel.
     pub fn ready(&self) -> Result<(), String> {
         if !self.installed.load(std::sync::atomic::Ordering::Acquire) {
             return Err("the CNI plugin is not installed in the node's CNI config yet".into());
         }
-        let mut st = self.lock();
-        self.ensure_ztunnel(&mut st)
+        let st = self.lock();
+        match &st.ztunnel {
+            Some(client) if !client.is_closed() => Ok(()),
+            Some(_) => Err(
+                "ztunnel closed the in-pod connection; the agent reconnects at its next resync"
+                    .into(),
+            ),
+            None => Err(st
+                .ztunnel_error
+                .clone()
+                .unwrap_or_else(|| "not connected to ztunnel yet".into())),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -208,12 +236,28 @@ impl Agent {
     fn answer(&self, req: PluginRequest) -> AgentResponse {
         match req {
             PluginRequest::Add {
+                network,
+                container_id,
+                ifname,
                 netns,
                 pod_namespace,
                 pod_name,
                 ips,
                 ..
-            } => self.on_add(&pod_namespace, &pod_name, Path::new(&netns), &ips),
+            } => {
+                let attachment = AttachmentKey {
+                    network,
+                    container_id,
+                    ifname,
+                };
+                self.on_add(
+                    &pod_namespace,
+                    &pod_name,
+                    Path::new(&netns),
+                    &ips,
+                    attachment,
+                )
+            }
             PluginRequest::Check {
                 pod_namespace,
                 pod_name,
@@ -260,26 +304,39 @@ impl Agent {
                     },
                 }
             }
-            PluginRequest::Gc { .. } => AgentResponse::Ok,
+            PluginRequest::Gc {
+                network,
+                valid_attachments,
+            } => self.gc(&network, &valid_attachments),
         }
     }
 
-    fn on_add(&self, namespace: &str, name: &str, netns: &Path, ips: &[IpAddr]) -> AgentResponse {
+    fn on_add(
+        &self,
+        namespace: &str,
+        name: &str,
+        netns: &Path,
+        ips: &[IpAddr],
+        attachment: AttachmentKey,
+    ) -> AgentResponse {
         // The pod exists in the API before the runtime calls CNI, but our view may lag a
         // little behind: give it a moment.
         let deadline = Instant::now() + Duration::from_secs(1);
+        let mut first = true;
         loop {
             let mut st = self.lock();
             if let Some(pod) = st.view.pod(namespace, name).cloned() {
                 return match st.view.decide(&pod) {
                     Decision::Skip(reason) => AgentResponse::Skipped { reason },
-                    Decision::Capture => match self.capture(&mut st, &pod, netns, ips) {
-                        Ok(()) => AgentResponse::Captured,
-                        Err(f) => AgentResponse::Error {
-                            message: f.message,
-                            retryable: true,
-                        },
-                    },
+                    Decision::Capture => {
+                        match self.capture(&mut st, &pod, netns, ips, Some(attachment)) {
+                            Ok(()) => AgentResponse::Captured,
+                            Err(f) => AgentResponse::Error {
+                                message: f.message,
+                                retryable: true,
+                            },
+                        }
+                    }
                 };
             }
             if !st.view.namespace_enrolled(namespace) && Instant::now() > deadline {
@@ -295,7 +352,11 @@ impl Agent {
                 };
             }
             drop(st);
-            std::thread::sleep(Duration::from_millis(50));
+            // Re-read at once (the file may have changed since the last resync), then poll.
+            if !first {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            first = false;
             self.refresh_view();
         }
     }
@@ -311,190 +372,37 @@ impl Agent {
             None => {}
         }
         let client = AgentClient::connect(&self.opts.ztunnel_socket).map_err(|e| {
-            format!(
+            let why = format!(
                 "ztunnel is not reachable at {}: {e}",
                 self.opts.ztunnel_socket.display()
-            )
+            );
+            st.ztunnel_error = Some(why.clone());
+            why
         })?;
         // A (re)connected ztunnel learns every pod we capture, then that the list is complete.
-        for c in st.captured.values() {
-            client
-                .add_pod(&c.info, c.netns.as_fd())
-                .map_err(|e| format!("replaying pod {} to ztunnel: {e}", c.info.uid))?;
+        let replay = st
+            .captured
+            .values()
+            .try_for_each(|c| {
+                client
+                    .add_pod(&c.info, c.netns.as_fd())
+                    .map_err(|e| format!("replaying pod {} to ztunnel: {e}", c.info.uid))
+            })
+            .and_then(|()| {
+                client
+                    .snapshot_done()
+                    .map_err(|e| format!("ending the replay to ztunnel: {e}"))
+            });
+        if let Err(why) = replay {
+            st.ztunnel_error = Some(why.clone());
+            return Err(why);
         }
-        client
-            .snapshot_done()
-            .map_err(|e| format!("ending the replay to ztunnel: {e}"))?;
+        st.ztunnel_error = None;
         info!(
             pods = st.captured.len(),
             "connected to ztunnel and replayed captured pods"
         );
         st.ztunnel = Some(client);
         Ok(())
-    }
-
-    /// Runs `f` against ztunnel, reconnecting (and replaying) once if the connection broke.
-    fn with_ztunnel(
-        &self,
-        st: &mut State,
-        f: impl Fn(&AgentClient) -> Result<(), InpodError>,
-    ) -> Result<(), Failure> {
-        for attempt in 0..2 {
-            self.ensure_ztunnel(st)
-                .map_err(|m| failure("ztunnel_unreachable", m))?;
-            let client = st.ztunnel.as_ref().expect("ensured");
-            match f(client) {
-                Ok(()) => return Ok(()),
-                Err(InpodError::Rejected { message, .. }) => {
-                    return Err(failure(
-                        "ztunnel_refused",
-                        format!("ztunnel refused: {message}"),
-                    ))
-                }
-                Err(e) if attempt == 0 => {
-                    warn!(error = %e, "ztunnel connection broke; reconnecting");
-                    st.ztunnel = None;
-                }
-                Err(e) => {
-                    st.ztunnel = None;
-                    return Err(failure("ztunnel_connection_lost", e.to_string()));
-                }
-            }
-        }
-        unreachable!("the loop returns")
-    }
-
-    fn capture(
-        &self,
-        st: &mut State,
-        pod: &ClusterPod,
-        netns: &Path,
-        ips: &[IpAddr],
-    ) -> Result<(), Failure> {
-        let result = self.try_capture(st, pod, netns, ips);
-        if let Err(f) = &result {
-            self.metrics.fail(f.reason);
-        }
-        self.metrics.enrolled_pods.set(st.captured.len() as i64);
-        result
-    }
-
-    fn try_capture(
-        &self,
-        st: &mut State,
-        pod: &ClusterPod,
-        netns: &Path,
-        ips: &[IpAddr],
-    ) -> Result<(), Failure> {
-        let file = File::open(netns).map_err(|e| {
-            failure(
-                "netns_unavailable",
-                format!("opening pod netns {}: {e}", netns.display()),
-            )
-        })?;
-        let captured = Captured {
-            info: pod_info(pod, ips),
-            netns: file,
-        };
-        if captured.info.ips.is_empty() {
-            return Err(failure(
-                "no_ip",
-                format!("pod {}/{} has no IP yet", pod.namespace, pod.name),
-            ));
-        }
-        // Listeners first: traffic is never redirected to a port nobody listens on.
-        self.with_ztunnel(st, |z| z.add_pod(&captured.info, captured.netns.as_fd()))?;
-        let path = captured.netns_path();
-        if let Err(e) = redirect::apply(&path, &self.opts.redirect) {
-            let _ = self.with_ztunnel(st, |z| z.del_pod(&captured.info.uid));
-            return Err(failure(
-                "redirect_failed",
-                format!(
-                    "installing redirection for {}/{}: {e}",
-                    pod.namespace, pod.name
-                ),
-            ));
-        }
-        if let (Some(ip), Some(probe)) = (captured.ipv4(), self.opts.redirect.probe_source_v4) {
-            let host = &self.opts.host_netns;
-            let result = crate::probes::add_pod(host, ip)
-                .or_else(|_| crate::probes::apply(host, probe, &[ip]));
-            if let Err(e) = result {
-                warn!(pod = %captured.info.uid, error = %e, "kubelet probe SNAT not installed");
-            }
-        }
-        info!(pod = %captured.info.uid, "pod captured");
-        st.captured.insert(captured.info.uid.clone(), captured);
-        Ok(())
-    }
-
-    fn release(&self, st: &mut State, uid: &str) {
-        let Some(c) = st.captured.remove(uid) else {
-            return;
-        };
-        // Redirection off first, then the listeners.
-        if let Err(e) = redirect::remove(&c.netns_path(), &self.opts.redirect) {
-            warn!(pod = %uid, error = %e, "removing redirection failed");
-        }
-        if let Some(ip) = c.ipv4() {
-            let _ = crate::probes::remove_pod(&self.opts.host_netns, ip);
-        }
-        if let Err(f) = self.with_ztunnel(st, |z| z.del_pod(uid)) {
-            // A disconnected ztunnel drops the pod at the next snapshot.
-            warn!(pod = %uid, error = %f.message, "telling ztunnel to release the pod failed");
-        }
-        self.metrics.enrolled_pods.set(st.captured.len() as i64);
-        info!(pod = %uid, "pod released");
-    }
-
-    fn refresh_view(&self) {
-        match ClusterView::load(&self.opts.cluster_state) {
-            Ok(view) => self.lock().view = view,
-            Err(e) => warn!(error = %e, "keeping the last good cluster state"),
-        }
-    }
-
-    /// Captures pods whose labels now say so (finding the namespace of running pods by IP)
-    /// and releases those whose labels no longer do or that are gone.
-    pub fn reconcile(&self) {
-        self.refresh_view();
-        let mut st = self.lock();
-        let _ = self.ensure_ztunnel(&mut st);
-        let mine: Vec<ClusterPod> = st
-            .view
-            .pods
-            .iter()
-            .filter(|p| p.node == self.opts.node)
-            .cloned()
-            .collect();
-        let wanted: HashMap<String, ClusterPod> = mine
-            .into_iter()
-            .filter(|p| st.view.decide(p) == Decision::Capture)
-            .map(|p| (p.uid.clone(), p))
-            .collect();
-        let stale: Vec<String> = st
-            .captured
-            .keys()
-            .filter(|u| !wanted.contains_key(*u))
-            .cloned()
-            .collect();
-        for uid in stale {
-            self.release(&mut st, &uid);
-        }
-        for (uid, pod) in wanted {
-            if st.captured.contains_key(&uid) {
-                continue;
-            }
-            let Some(ip) = pod.ips.first() else { continue };
-            let Some(netns) =
-                netns_lookup::find_by_ip_scoped(*ip, self.opts.netns_prefix.as_deref())
-            else {
-                warn!(pod = %uid, %ip, "no network namespace holds the pod's IP yet");
-                continue;
-            };
-            if let Err(f) = self.capture(&mut st, &pod, &netns, &[]) {
-                warn!(pod = %uid, error = %f.message, "could not capture running pod; will retry");
-            }
-        }
     }
 }

@@ -172,6 +172,7 @@ fn add(env: &CniEnv, conf: &NetConf<'_>, log: &mut dyn Write) -> Result<Option<S
         return Ok(out);
     }
     let req = PluginRequest::Add {
+        network: conf.name.clone(),
         container_id: env.container_id.clone().unwrap_or_default(),
         netns: env.netns.clone().unwrap_or_default(),
         ifname: env.ifname.clone().unwrap_or_default(),
@@ -298,7 +299,10 @@ fn gc(conf: &NetConf<'_>) -> Result<Option<String>, CniError> {
     })?;
     let reason = match call(
         &conf.agent_socket,
-        &PluginRequest::Gc { valid_attachments },
+        &PluginRequest::Gc {
+            network: conf.name.clone(),
+            valid_attachments,
+        },
         conf.agent_timeout,
     ) {
         Ok(AgentResponse::Ok) => return Ok(None),

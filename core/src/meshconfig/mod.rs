@@ -8,6 +8,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod backend;
+
+pub mod route;
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfig {
@@ -23,6 +27,12 @@ pub struct MeshConfig {
     pub services: Vec<ServiceSpec>,
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
+    /// Waypoint load balancing, circuit breaking, outlier ejection and retry budgets, per Service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_policies: Vec<backend::BackendPolicySpec>,
+    /// L7 routes, applied by waypoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<route::RouteSpec>,
 }
 
 fn default_trust_domain() -> String {

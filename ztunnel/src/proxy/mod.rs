@@ -4,6 +4,7 @@
 pub mod inbound;
 pub mod inbound_plain;
 pub mod outbound;
+mod waypoint;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Outbound: connections the pod makes, redirected to 15001 in its namespace. The original
-//! destination decides the path: a Service VIP is resolved to one healthy endpoint; a
-//! captured workload is reached over HBONE; anything else passes through untouched.
+//! destination decides the path: a Service or workload with a waypoint goes to the waypoint
+//! (see [`super::waypoint`]); a Service VIP is resolved to one healthy endpoint; a captured
+//! workload is reached over HBONE; anything else passes through untouched.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use ambit_core::tls::client_config;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::{copy_plain, reset, PodContext, ProxyInputs, HBONE_PORT};
+use super::{copy_plain, reset, waypoint, PodContext, ProxyInputs, HBONE_PORT};
+use crate::config::WaypointRef;
 use crate::metrics::ConnLabels;
 use crate::state::Workload;
 
@@ -59,31 +61,52 @@ async fn handle(
         ..Default::default()
     }
     .with_source(source.as_deref(), Some(pod.identity.to_string()));
-    let (target, dst_workload, service) = if let Some(svc) = state.service(&dst) {
-        match svc.pick() {
-            Some(ep) => (
-                SocketAddr::new(ep.workload.ip, ep.port),
-                Some(ep.workload.clone()),
-                Some(svc.hostname()),
-            ),
-            None => {
-                info!(%src, %dst, service = %svc.hostname(), "outbound: service has no healthy endpoints");
-                inputs.metrics.deny(
-                    "source",
-                    "no_healthy_endpoints",
-                    &labels.source_principal,
-                    None,
-                );
-                return reset(downstream);
+    let applies = |wp: &Option<WaypointRef>| {
+        wp.clone()
+            .filter(|wp| waypoint::applies(&state, wp, source.as_deref()))
+    };
+    let (target, dst_workload, service, wp) = if let Some(svc) = state.service(&dst) {
+        if let Some(wp) = applies(&svc.waypoint) {
+            // The waypoint resolves the Service itself; we never pick an endpoint for it.
+            (dst, None, Some(svc.hostname()), Some(wp))
+        } else {
+            match svc.pick() {
+                // As in Istio: an endpoint with its own waypoint is reached through it.
+                Some(ep) => (
+                    SocketAddr::new(ep.workload.ip, ep.port),
+                    Some(ep.workload.clone()),
+                    Some(svc.hostname()),
+                    applies(&ep.workload.waypoint),
+                ),
+                None => {
+                    info!(%src, %dst, service = %svc.hostname(), "outbound: service has no healthy endpoints");
+                    inputs.metrics.deny(
+                        "source",
+                        "no_healthy_endpoints",
+                        &labels.source_principal,
+                        None,
+                    );
+                    return reset(downstream);
+                }
             }
         }
     } else {
-        (dst, state.workload(&dst.ip()).cloned(), None)
+        let w = state.workload(&dst.ip()).cloned();
+        let wp = w.as_ref().and_then(|w| applies(&w.waypoint));
+        (dst, w, None, wp)
     };
+    let mut labels = labels;
+    labels.destination_service = service.clone().unwrap_or_default();
+    if let Some(wp) = wp {
+        let what = service
+            .or_else(|| dst_workload.map(|w| format!("{}/{}", w.namespace, w.name)))
+            .unwrap_or_else(|| target.to_string());
+        let target = waypoint::Target { addr: target, what };
+        return waypoint::connect(downstream, src, target, wp, labels, pod, inputs).await;
+    }
     let mut labels = labels.with_destination(dst_workload.as_deref());
-    labels.destination_service = service.unwrap_or_default();
     match dst_workload {
-        Some(w) if w.captured => hbone(downstream, src, target, w, labels, pod, inputs).await,
+        Some(w) if w.captured => hbone(downstream, src, target, w, labels, pod, inputs, None).await,
         _ => {
             labels.connection_security_policy = "none".into();
             passthrough(downstream, src, target, labels, pod, inputs).await
@@ -91,7 +114,10 @@ async fn handle(
     }
 }
 
-async fn hbone(
+/// Tunnels to `dst`'s pod (the destination workload, or a waypoint) with `:authority` =
+/// `target`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn hbone(
     mut downstream: TcpStream,
     src: SocketAddr,
     target: SocketAddr,
@@ -99,6 +125,7 @@ async fn hbone(
     mut labels: ConnLabels,
     pod: Arc<PodContext>,
     inputs: Arc<ProxyInputs>,
+    via: Option<&waypoint::Via>,
 ) {
     labels.connection_security_policy = "mutual_tls".into();
     let key = PoolKey {
@@ -133,10 +160,19 @@ async fn hbone(
                         Some(&dst),
                     );
                 }
-                _ => {
-                    warn!(%src, %target, %error, "outbound: HBONE connection failed");
-                    inputs.metrics.fail("source", error.reason());
-                }
+                // The waypoint answered (e.g. 503): it is there, the failure is beyond it.
+                _ => match via.filter(|_| !matches!(error, HboneError::Status { .. })) {
+                    Some(via) => {
+                        warn!(%src, %target, %error, "outbound: {via} unreachable; resetting instead of bypassing it");
+                        inputs
+                            .metrics
+                            .fail("source", waypoint::WAYPOINT_UNAVAILABLE);
+                    }
+                    None => {
+                        warn!(%src, %target, %error, "outbound: HBONE connection failed");
+                        inputs.metrics.fail("source", error.reason());
+                    }
+                },
             }
             return reset(downstream);
         }

@@ -1,0 +1,131 @@
+//! The L4 compiler: a snapshot of the cluster (Namespaces, Pods, Services and Ambit objects) in,
+//! the L4 part of [`MeshConfig`] (workloads, services, policies) and per-object status outcomes
+//! out. Pure functions: no I/O, no clock; the same snapshot always compiles to the same output,
+//! in a fixed order (by namespace, then name), so config versions only change when the cluster does.
+
+mod authz;
+mod mtls;
+mod services;
+mod workloads;
+
+#[cfg(test)]
+mod fixtures;
+
+use ambit_core::meshconfig::{MeshConfig, MtlsMode, PolicySpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::ResourceExt;
+
+use crate::crd::common::ConditionUpdate;
+use crate::crd::mesh::{MeshMtlsMode, DEFAULT_MESH_NAME};
+use crate::crd::{AuthorizationPolicy, Mesh, PeerAuthentication, Waypoint};
+
+/// Namespace label that enrolls a namespace (value `ambient`), and pod label that opts a pod out
+/// (value `none`).
+pub const DATAPLANE_MODE_LABEL: &str = "ambit.dev/dataplane-mode";
+/// Namespace or Service (or Pod, for workload waypoints) label naming the waypoint to use;
+/// `none` on a Service or Pod opts it out of its namespace's waypoint.
+pub const USE_WAYPOINT_LABEL: &str = "ambit.dev/use-waypoint";
+
+/// Condition types and reasons the compiler reports.
+pub mod conditions {
+    pub const ACCEPTED: &str = "Accepted";
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    pub const PROGRAMMED: &str = "Programmed";
+
+    pub const REASON_ACCEPTED: &str = "Accepted";
+    pub const REASON_INVALID: &str = "Invalid";
+    pub const REASON_RESOLVED: &str = "ResolvedRefs";
+    pub const REASON_TARGET_NOT_FOUND: &str = "TargetNotFound";
+    pub const REASON_TARGET_HAS_NO_SELECTOR: &str = "TargetHasNoSelector";
+    pub const REASON_PROGRAMMED: &str = "Programmed";
+    pub const REASON_ENFORCED_BY_WAYPOINT: &str = "EnforcedByWaypoint";
+    pub const REASON_L7_NOT_ENFORCEABLE: &str =
+        crate::crd::authorization_policy::REASON_L7_NOT_ENFORCEABLE;
+}
+
+/// Everything the compiler reads.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub meshes: Vec<Mesh>,
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+    pub waypoints: Vec<Waypoint>,
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+}
+
+/// The status an object should have after this compilation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusOutcome {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// The object's `metadata.generation`, to write as `observedGeneration`.
+    pub generation: Option<i64>,
+    pub conditions: Vec<ConditionUpdate>,
+}
+
+/// The compiler's output.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compiled {
+    /// The L4 config ztunnels enforce.
+    pub config: MeshConfig,
+    /// AuthorizationPolicies attached (by `targetRef`) to Services that have a waypoint: the
+    /// waypoint enforces them, L7 fields included, so they are not in `config.policies` (ztunnel
+    /// would enforce their L7 rules fail-closed against the waypoint's own connections).
+    pub waypoint_policies: Vec<PolicySpec>,
+    /// Status for every AuthorizationPolicy and PeerAuthentication, by kind, namespace, name.
+    pub statuses: Vec<StatusOutcome>,
+}
+
+/// Compiles a snapshot.
+pub fn compile(snapshot: &Snapshot) -> Compiled {
+    let mesh = snapshot
+        .meshes
+        .iter()
+        .find(|m| m.name_any() == DEFAULT_MESH_NAME);
+    let trust_domain = mesh.map_or_else(
+        || ambit_core::identity::DEFAULT_TRUST_DOMAIN.to_string(),
+        |m| m.spec.trust_domain.clone(),
+    );
+    let default_mtls_mode = match mesh.map(|m| m.spec.default_mtls_mode) {
+        Some(MeshMtlsMode::Strict) => MtlsMode::Strict,
+        _ => MtlsMode::Permissive,
+    };
+    let excluded: Vec<String> = mesh
+        .map(|m| m.spec.cni.exclude_namespaces.clone())
+        .unwrap_or_default();
+
+    let services = services::compile(snapshot, &excluded);
+    let workloads = workloads::compile(snapshot, &excluded, default_mtls_mode);
+    let authz = authz::compile(snapshot, &services);
+
+    let mut statuses = authz.statuses;
+    statuses.extend(mtls::statuses(&snapshot.peer_authentications));
+    statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+
+    Compiled {
+        config: MeshConfig {
+            trust_domain,
+            default_mtls_mode,
+            workloads,
+            services,
+            policies: authz.policies,
+            ..Default::default()
+        },
+        waypoint_policies: authz.waypoint_policies,
+        statuses,
+    }
+}
+
+/// Whether `labels` include every entry of `selector`.
+fn selects(
+    selector: &std::collections::BTreeMap<String, String>,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests;
