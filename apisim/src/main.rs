@@ -28,6 +28,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -44,7 +45,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let server = ApiServer::start_with(args.listen, config).await?;
     println!("{}", server.url());
-    tokio::signal::ctrl_c().await?;
+    // Both Ctrl-C and SIGTERM (how the sandbox stops it) save the state file.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     server.shutdown().await;
     Ok(())
 }

@@ -144,7 +144,21 @@ fn merge_list(field: &str, cur: &[Value], patch: &[Value]) -> Vec<Value> {
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
     let p: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| format!("the JSON patch is malformed: {e}"))?;
-    json_patch::patch(target, &p).map_err(|e| format!("the JSON patch could not be applied: {e}"))
+    // Like the real API server (evanphx/json-patch), `test` of a missing path against `null`
+    // succeeds: kube-rs adds an object's first finalizer behind exactly that guard.
+    let original = target.clone();
+    for op in p.0 {
+        if let json_patch::PatchOperation::Test(t) = &op {
+            if t.value.is_null() && target.pointer(t.path.as_str()).is_none_or(Value::is_null) {
+                continue;
+            }
+        }
+        if let Err(e) = json_patch::patch(target, std::slice::from_ref(&op)) {
+            *target = original;
+            return Err(format!("the JSON patch could not be applied: {e}"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -242,6 +256,17 @@ mod tests {
         assert!(json_patch(&mut t, &json!({"op": "add"}))
             .unwrap_err()
             .contains("malformed"));
+        // kube-rs's first-finalizer guard: a missing list tests equal to null.
+        let mut obj = json!({"metadata": {"name": "m"}});
+        json_patch(
+            &mut obj,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": ["x"]}
+            ]),
+        )
+        .unwrap();
+        assert_eq!(obj["metadata"]["finalizers"], json!(["x"]));
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

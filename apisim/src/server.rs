@@ -60,6 +60,8 @@ pub struct RecordedRequest {
     /// JSON (or YAML, for apply patches) bodies parsed; `None` when empty.
     pub body: Option<Value>,
     pub status: u16,
+    /// The `user-agent` header, so a test can tell which of several clients made a call.
+    pub user_agent: String,
 }
 
 impl RecordedRequest {
@@ -256,6 +258,7 @@ async fn handle(
         content_type: (!content_type.is_empty()).then_some(content_type),
         body,
         status: response.status().as_u16(),
+        user_agent: header(http::header::USER_AGENT),
     });
     Ok(response)
 }

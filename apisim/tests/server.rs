@@ -146,3 +146,52 @@ async fn shutdown_closes_the_port() {
     server.shutdown().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn binary_serves_and_saves_state_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let path = std::env::temp_dir().join(format!(
+        "apisim-bin-{}-{}.json",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ambit-apisim"))
+        .args(["--listen", "127.0.0.1:0", "--state"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &from(json!({"metadata": {"name": "saved"}})),
+    )
+    .await
+    .unwrap();
+    let pid = child.id().unwrap() as i32;
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(saved["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["metadata"]["name"] == "saved"));
+    let _ = std::fs::remove_file(&path);
+}
