@@ -67,18 +67,21 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let client = match &args.api_server {
-            Some(url) => {
-                let config = kube::Config::new(
-                    url.parse()
-                        .with_context(|| format!("--api-server {url:?} is not a URL"))?,
-                );
-                kube::Client::try_from(config)?
-            }
-            None => kube::Client::try_default().await.context(
+        let mut config = match &args.api_server {
+            Some(url) => kube::Config::new(
+                url.parse()
+                    .with_context(|| format!("--api-server {url:?} is not a URL"))?,
+            ),
+            None => kube::Config::infer().await.context(
                 "no Kubernetes API: not in a cluster and no kubeconfig (or pass --api-server)",
             )?,
         };
+        // Audit logs and API server metrics name us.
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("ambit-operator/", env!("CARGO_PKG_VERSION"))),
+        ));
+        let client = kube::Client::try_from(config)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut term =
