@@ -3,88 +3,21 @@
 //! changes nothing, Waypoints become Deployments, deleting the Mesh removes the data plane.
 //! The API calls the operator made are recorded and checked against the chart's RBAC.
 
+mod apisim_common;
+
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::Duration;
 
 use ambit_apisim::{ApiServer, ApiServerHandle};
 use ambit_operator::crd::{Mesh, Waypoint};
-use ambit_operator::leader::LeaseTimings;
-use ambit_operator::runtime::{run, Options};
+use ambit_operator::runtime::run;
+use apisim_common::{client_for, eventually, install, operator_client, options, OPERATOR_AGENT};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
-
-fn client_for(server: &ApiServerHandle) -> Client {
-    Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap()
-}
-
-/// The operator's own client says who it is, so its calls can be told from the test's.
-const OPERATOR_AGENT: &str = "ambit-operator-under-test";
-
-fn operator_client(server: &ApiServerHandle) -> Client {
-    let mut config = kube::Config::new(server.url().parse().unwrap());
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(OPERATOR_AGENT),
-    ));
-    Client::try_from(config).unwrap()
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in ambit_operator::crd::all() {
-        api.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    let ns: Api<Namespace> = Api::all(client.clone());
-    for name in ["ambit-system", "shop"] {
-        ns.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    }
-}
-
-fn options() -> Options {
-    Options {
-        namespace: "ambit-system".into(),
-        pod_name: "op-0".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics: "127.0.0.1:0".parse().unwrap(),
-        health: "127.0.0.1:0".parse().unwrap(),
-        leader_elect: true,
-        control_plane_address: Some("ambit-operator.ambit-system.svc:15012".into()),
-        lease: LeaseTimings {
-            lease_duration: Duration::from_secs(3),
-            renew_deadline: Duration::from_secs(2),
-            retry_period: Duration::from_millis(300),
-        },
-    }
-}
 
 fn condition(status: &serde_json::Value, type_: &str) -> Option<(String, String)> {
     status["conditions"]
@@ -129,7 +62,7 @@ async fn mesh_and_waypoints_are_reconciled_and_cleaned_up() {
         .await
         .unwrap();
     let client = client_for(&server);
-    install_crds(&client).await;
+    install(&client, &[("ambit-system", json!({})), ("shop", json!({}))]).await;
     let meshes: Api<Mesh> = Api::all(client.clone());
     let mesh: Mesh = serde_json::from_value(json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
@@ -139,7 +72,11 @@ async fn mesh_and_waypoints_are_reconciled_and_cleaned_up() {
     meshes.create(&PostParams::default(), &mesh).await.unwrap();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let operator = tokio::spawn(run(operator_client(&server), options(), stop_rx));
+    let operator = tokio::spawn(run(
+        operator_client(&server),
+        options("127.0.0.1:0".parse().unwrap()),
+        stop_rx,
+    ));
 
     // The data plane appears, owned by the Mesh, and the CA is stored once.
     let ns = "ambit-system";

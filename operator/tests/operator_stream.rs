@@ -1,0 +1,354 @@
+//! The operator's config stream fed from the (in-memory) Kubernetes API: a ztunnel and a
+//! waypoint, authenticated with ServiceAccount tokens the API server issued, receive the
+//! compiled mesh; a change pushes only its delta; a deleted Service is withdrawn; an operator
+//! restart keeps proxies on their config and resyncs them with nothing duplicated or lost.
+
+mod apisim_common;
+mod control_common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ambit_apisim::ApiServer;
+use ambit_core::control::proto::{ClientMessage, Subscribe, Update};
+use ambit_core::control::{operator_identity, Endpoint};
+use ambit_operator::crd::{Mesh, Waypoint};
+use ambit_operator::runtime::run;
+use apisim_common::{client_for, eventually, install, options};
+use control_common::RawStream;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    node: &str,
+    sa: &str,
+    ip: &str,
+    labels: serde_json::Value,
+) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let obj = json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "serviceAccountName": sa,
+                 "containers": [{"name": "app", "image": "demo", "ports": [{"name": "http", "containerPort": 9080}]}]},
+    });
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(obj).unwrap(),
+    )
+    .await
+    .unwrap();
+    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// A token for `ns/sa` bound to `pod`, with the audience proxies use, written to a file.
+async fn token_file(client: &Client, dir: &Path, ns: &str, sa: &str, pod: &str) -> PathBuf {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    if sas.get_opt(sa).await.unwrap().is_none() {
+        let obj = json!({"metadata": {"name": sa, "namespace": ns}});
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["ambit"], "expirationSeconds": 3600,
+                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod}}});
+    let tr: TokenRequest = sas
+        .create_subresource("token", sa, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let path = dir.join(format!("{sa}.token"));
+    std::fs::write(&path, tr.status.unwrap().token).unwrap();
+    path
+}
+
+fn keys(u: &Update) -> Vec<String> {
+    u.upserts.iter().map(|r| r.key.clone()).collect()
+}
+
+/// Applies `u` to `held` (key -> version) and acknowledges it.
+fn apply(stream: &mut RawStream, held: &mut BTreeMap<String, String>, u: &Update) {
+    if u.full {
+        held.clear();
+    }
+    for k in &u.removes {
+        held.remove(k);
+    }
+    for r in &u.upserts {
+        held.insert(r.key.clone(), r.version.clone());
+    }
+    stream.tell(ClientMessage::Ack { version: u.version });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_get_the_compiled_mesh_deltas_and_survive_an_operator_restart() {
+    let dir = std::env::temp_dir().join(format!("ambit-opstream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = client_for(&server);
+    install(
+        &client,
+        &[
+            ("ambit-system", json!({})),
+            ("shop", json!({"ambit.dev/dataplane-mode": "ambient"})),
+        ],
+    )
+    .await;
+    let mesh: Mesh =
+        serde_json::from_value(json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh",
+        "metadata": {"name": "default"}, "spec": {}}))
+        .unwrap();
+    Api::<Mesh>::all(client.clone())
+        .create(&PostParams::default(), &mesh)
+        .await
+        .unwrap();
+    pod(
+        &client,
+        "shop",
+        "reviews-v1",
+        "node-1",
+        "reviews",
+        "10.1.1.10",
+        json!({"app": "reviews", "version": "v1"}),
+    )
+    .await;
+    pod(
+        &client,
+        "shop",
+        "reviews-v2",
+        "node-2",
+        "reviews",
+        "10.1.2.10",
+        json!({"app": "reviews", "version": "v2"}),
+    )
+    .await;
+    pod(
+        &client,
+        "ambit-system",
+        "ztunnel-node-1",
+        "node-1",
+        "ztunnel",
+        "10.1.1.2",
+        json!({"app": "ztunnel"}),
+    )
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    let svc = json!({"metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"selector": {"app": "reviews"}, "ports": [{"port": 9080, "targetPort": 9080}]}});
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(svc).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let listen = free_addr();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let operator = tokio::spawn(run(client_for(&server), options(listen), stop_rx));
+
+    // What a ztunnel is given by its DaemonSet: the root cert and a projected token.
+    let root = eventually("root cert ConfigMap", || async {
+        Api::<ConfigMap>::namespaced(client.clone(), "ambit-system")
+            .get_opt("ambit-ca-root-cert")
+            .await
+            .unwrap()
+    })
+    .await;
+    let root_path = dir.join("root-cert.pem");
+    std::fs::write(&root_path, &root.data.unwrap()["root-cert.pem"]).unwrap();
+    let endpoint = Endpoint {
+        address: listen.to_string(),
+        root_cert: root_path,
+        operator_identity: operator_identity("cluster.local").unwrap(),
+        token_file: token_file(&client, &dir, "ambit-system", "ztunnel", "ztunnel-node-1").await,
+        connect_timeout: Duration::from_secs(5),
+    };
+    let subscribe = |known: BTreeMap<String, String>| Subscribe {
+        target: "node/node-1".parse().unwrap(),
+        known,
+        last_version: None,
+    };
+
+    let mut stream = RawStream::subscribe(&endpoint, subscribe(BTreeMap::new())).await;
+    let mut held = BTreeMap::new();
+    let first = stream
+        .update(Duration::from_secs(10))
+        .await
+        .expect("initial config");
+    let k = keys(&first);
+    for want in [
+        "workloads/shop/reviews-v1",
+        "workloads/shop/reviews-v2",
+        "services/shop/reviews",
+    ] {
+        assert!(k.iter().any(|x| x == want), "{want} missing from {k:?}");
+    }
+    assert!(
+        !k.iter().any(|x| x.contains("ztunnel-node-1")),
+        "ambit-system is not enrolled: {k:?}"
+    );
+    apply(&mut stream, &mut held, &first);
+
+    // A pod opts out: only that workload changes.
+    Api::<Pod>::namespaced(client.clone(), "shop")
+        .patch(
+            "reviews-v2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"ambit.dev/dataplane-mode": "none"}}})),
+        )
+        .await
+        .unwrap();
+    let delta = stream.update(Duration::from_secs(10)).await.expect("delta");
+    assert!(!delta.full);
+    assert_eq!(keys(&delta), vec!["workloads/shop/reviews-v2"], "{delta:?}");
+    assert!(delta.removes.is_empty());
+    assert_eq!(delta.upserts[0].body["captured"], false);
+    apply(&mut stream, &mut held, &delta);
+
+    // The Service goes away: withdrawn, nothing else sent.
+    services
+        .delete("reviews", &DeleteParams::default())
+        .await
+        .unwrap();
+    let delta = stream
+        .update(Duration::from_secs(10))
+        .await
+        .expect("withdrawal");
+    assert_eq!(delta.removes, vec!["services/shop/reviews".to_string()]);
+    assert!(delta.upserts.is_empty(), "{delta:?}");
+    apply(&mut stream, &mut held, &delta);
+
+    // A waypoint authenticates as its own ServiceAccount and gets its own target.
+    let wp: Waypoint = serde_json::from_value(
+        json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Waypoint",
+        "metadata": {"name": "shop-waypoint", "namespace": "shop"}, "spec": {}}),
+    )
+    .unwrap();
+    Api::<Waypoint>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &wp)
+        .await
+        .unwrap();
+    pod(
+        &client,
+        "shop",
+        "shop-waypoint-0",
+        "node-2",
+        "shop-waypoint",
+        "10.1.2.20",
+        json!({"ambit.dev/waypoint": "shop-waypoint", "ambit.dev/dataplane-mode": "none"}),
+    )
+    .await;
+    let wp_endpoint = Endpoint {
+        token_file: token_file(&client, &dir, "shop", "shop-waypoint", "shop-waypoint-0").await,
+        ..endpoint.clone()
+    };
+    let mut wp_stream = RawStream::subscribe(
+        &wp_endpoint,
+        Subscribe {
+            target: "waypoint/shop/shop-waypoint".parse().unwrap(),
+            known: BTreeMap::new(),
+            last_version: None,
+        },
+    )
+    .await;
+    let wp_first = wp_stream
+        .update(Duration::from_secs(10))
+        .await
+        .expect("waypoint config");
+    assert!(
+        keys(&wp_first)
+            .iter()
+            .any(|k| k == "workloads/shop/reviews-v1"),
+        "{:?}",
+        keys(&wp_first)
+    );
+    // ...but not a node's: a waypoint may only read its own config.
+    match RawStream::open(&wp_endpoint, subscribe(BTreeMap::new())).await {
+        control_common::Opened::Refused(code, _) => assert_eq!(code, 403),
+        control_common::Opened::Stream(_) => panic!("a waypoint subscribed to a node's config"),
+    }
+    // The waypoint pod and its ztunnel change the node config; take that in before the restart.
+    while let Some(u) = stream.update(Duration::from_millis(800)).await {
+        apply(&mut stream, &mut held, &u);
+    }
+
+    // Restart the operator: the proxy keeps what it holds, reconnects with it, and is sent only
+    // what changed while the operator was away (here: the pod that came back to the mesh).
+    let _ = stop_tx.send(true);
+    tokio::time::timeout(Duration::from_secs(10), operator)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        stream.ended(Duration::from_secs(5)).await,
+        "the old stream ends with the operator"
+    );
+    Api::<Pod>::namespaced(client.clone(), "shop")
+        .patch(
+            "reviews-v2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"ambit.dev/dataplane-mode": null}}})),
+        )
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let operator = tokio::spawn(run(client_for(&server), options(listen), stop_rx));
+    let mut stream = eventually("operator back", || {
+        let (endpoint, held) = (endpoint.clone(), held.clone());
+        async move {
+            match RawStream::open(&endpoint, subscribe(held)).await {
+                control_common::Opened::Stream(s) => Some(s),
+                control_common::Opened::Refused(..) => None,
+            }
+        }
+    })
+    .await;
+    let resync = stream
+        .update(Duration::from_secs(10))
+        .await
+        .expect("resync");
+    assert!(
+        !resync.full,
+        "a resuming proxy gets a delta, not the whole state: {resync:?}"
+    );
+    assert_eq!(
+        keys(&resync),
+        vec!["workloads/shop/reviews-v2"],
+        "{resync:?}"
+    );
+    assert!(resync.removes.is_empty(), "{resync:?}");
+    apply(&mut stream, &mut held, &resync);
+    assert_eq!(
+        held.keys()
+            .filter(|k| k.starts_with("workloads/shop/reviews"))
+            .count(),
+        2
+    );
+
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
