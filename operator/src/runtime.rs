@@ -169,6 +169,8 @@ pub async fn run(
         Arc::new(PodIndex(caches.pods.clone())),
     );
     server_cfg.namespace = opts.namespace.clone();
+    // The ztunnel DaemonSet runs in the operator's namespace (render/dataplane.rs).
+    server_cfg.authorizer.ztunnel_namespace = opts.namespace.clone();
     server_cfg.leaf_ttl = leaf_ttl;
     let server = Server::new(server_cfg).await?;
     server.metrics().register(&mut registry);

@@ -64,6 +64,7 @@ pub struct AdminState {
     pub pods: Arc<RwLock<Vec<PodStatus>>>,
     pub failures: Arc<RwLock<std::collections::BTreeMap<String, String>>>,
     pub ready: Arc<AtomicBool>,
+    pub source: Arc<crate::source::SourceStatus>,
 }
 
 #[derive(serde::Serialize)]
@@ -115,6 +116,7 @@ impl AdminState {
         match req.uri().path() {
             "/config_dump" => json(serde_json::json!({
                 "node": self.inputs.node,
+                "configSource": self.source.get(),
                 "pods": *self.pods.read().expect("status lock poisoned"),
                 "captureFailures": *self.failures.read().expect("failures lock poisoned"),
                 "certificates": self.certs(),

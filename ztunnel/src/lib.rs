@@ -54,7 +54,11 @@ impl Ztunnel {
     /// Loads config, opens the admin ports and starts capturing local pods.
     pub async fn start(opts: Options) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::default());
-        let state = opts.source.start(metrics.clone()).await?;
+        let source_status = Arc::new(crate::source::SourceStatus::default());
+        let state = opts
+            .source
+            .start(metrics.clone(), source_status.clone())
+            .await?;
         let inputs = Arc::new(ProxyInputs {
             node: opts.node,
             state,
@@ -69,6 +73,7 @@ impl Ztunnel {
                 pods: manager.status(),
                 failures: manager.failures(),
                 ready: manager.ready(),
+                source: source_status,
             },
             opts.admin_addr,
             opts.metrics_addr,

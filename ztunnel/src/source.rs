@@ -43,10 +43,26 @@ pub enum SourceError {
 
 /// Delivers mesh state: the first value is the initial state, later values replace it.
 pub trait ConfigSource: Send + 'static {
+    /// `status` is where the source says how it is doing (shown in the admin config dump).
     fn start(
         self: Box<Self>,
         metrics: Arc<Metrics>,
+        status: Arc<SourceStatus>,
     ) -> BoxFuture<'static, Result<watch::Receiver<Arc<ProxyState>>, SourceError>>;
+}
+
+/// Where config comes from and how that is going, as JSON for `/config_dump`'s
+/// `configSource` (mode, connected, version, last error).
+#[derive(Default)]
+pub struct SourceStatus(std::sync::RwLock<serde_json::Value>);
+
+impl SourceStatus {
+    pub fn set(&self, value: serde_json::Value) {
+        *self.0.write().expect("source status lock") = value;
+    }
+    pub fn get(&self) -> serde_json::Value {
+        self.0.read().expect("source status lock").clone()
+    }
 }
 
 /// Polls a YAML file for changes.
@@ -103,11 +119,21 @@ impl ConfigSource for FileSource {
     fn start(
         self: Box<Self>,
         metrics: Arc<Metrics>,
+        status: Arc<SourceStatus>,
     ) -> BoxFuture<'static, Result<watch::Receiver<Arc<ProxyState>>, SourceError>> {
         Box::pin(async move {
             let mut last = read(&self.path)?;
             let state = self.parse(&last)?;
             count(&metrics, "ok");
+            let path = self.path.display().to_string();
+            let report = move |error: Option<String>| {
+                status.set(serde_json::json!({
+                    "mode": "file", "path": path,
+                    // A file is always "connected"; lastError says whether its latest content was kept out.
+                    "connected": true, "lastError": error,
+                }))
+            };
+            report(None);
             let (tx, rx) = watch::channel(Arc::new(state));
             tokio::spawn(async move {
                 let mut unreadable = None;
@@ -123,6 +149,7 @@ impl ConfigSource for FileSource {
                             let msg = e.to_string();
                             if unreadable.as_ref() != Some(&msg) {
                                 error!(error = %msg, "config file unreadable; keeping last good config");
+                                report(Some(msg.clone()));
                                 count(&metrics, "error");
                                 unreadable = Some(msg);
                             }
@@ -138,11 +165,13 @@ impl ConfigSource for FileSource {
                         Ok(state) => {
                             info!(path = %self.path.display(), workloads = state.workloads.len(), services = state.services.len(), "config reloaded");
                             count(&metrics, "ok");
+                            report(None);
                             tx.send_replace(Arc::new(state));
                         }
                         Err(e) => {
                             error!(error = %e, "config rejected; keeping last good config");
                             count(&metrics, "error");
+                            report(Some(e.to_string()));
                         }
                     }
                 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::metrics::{Metrics, ResultLabels};
-use crate::source::{ConfigSource, SourceError};
+use crate::source::{ConfigSource, SourceError, SourceStatus};
 use crate::state::ProxyState;
 
 pub struct StreamSource {
@@ -35,6 +35,7 @@ impl ConfigSource for StreamSource {
     fn start(
         self: Box<Self>,
         metrics: Arc<Metrics>,
+        status: Arc<SourceStatus>,
     ) -> BoxFuture<'static, Result<watch::Receiver<Arc<ProxyState>>, SourceError>> {
         Box::pin(async move {
             let target = Target::Node(self.node.clone());
@@ -55,7 +56,23 @@ impl ConfigSource for StreamSource {
                 checked
             });
             info!(control_plane = %self.endpoint.address, node = %self.node, "waiting for the first config from the control plane");
+            let address = self.endpoint.address.clone();
+            let report = move |s: &ambit_core::control::client::StreamStatus| {
+                status.set(serde_json::json!({
+                    "mode": "stream", "controlPlane": address, "connected": s.connected,
+                    "version": s.version, "applied": s.applied, "rejected": s.rejected,
+                    "subscriptions": s.subscriptions, "lastError": s.last_error,
+                }))
+            };
+            report(&Default::default());
             let stream = ConfigStream::connect(opts).await;
+            let mut stream_status = stream.status;
+            report(&stream_status.borrow_and_update());
+            tokio::spawn(async move {
+                while stream_status.changed().await.is_ok() {
+                    report(&stream_status.borrow_and_update());
+                }
+            });
             let mut configs = stream.config;
             let build = |cfg: &ambit_core::meshconfig::MeshConfig| {
                 ProxyState::build(cfg).map_err(|e| SourceError::Stream(e.to_string()))

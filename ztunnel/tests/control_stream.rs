@@ -222,12 +222,25 @@ fn stream_mode_carries_mtls_applies_updates_nacks_bad_ones_and_survives_operator
     );
     assert!(rejected >= 1.0);
 
+    // The admin dump says where config comes from and that the stream is up.
+    let source = &m.admin(0, "/config_dump").unwrap()["configSource"];
+    assert_eq!(source["mode"], "stream", "{source}");
+    assert_eq!(source["connected"], true, "{source}");
+    assert_eq!(source["controlPlane"], op.addr.to_string());
+    assert!(source["rejected"].as_u64().unwrap() >= 1, "{source}");
+
     // The operator goes away: traffic keeps flowing on the last good config.
     op.stop();
     for i in 0..5 {
         assert!(call(&m, a, b_ip, 8080, &format!("offline {i}")).is_ok());
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(
+        eventually(Duration::from_secs(10), || m
+            .admin(0, "/config_dump")
+            .is_ok_and(|d| d["configSource"]["connected"] == false)),
+        "the dump still says connected with the operator gone"
+    );
     // Back with an empty state; the reconcilers publish the DENY, which reaches both ztunnels.
     op.start(&m);
     op.publish(&m, &deny);

@@ -125,6 +125,8 @@ fn pod_to_pod_by_ip_and_service_vip_is_mtls_and_keeps_source_ip() {
         2,
         "node 0 serves a and b2: {dump}"
     );
+    assert_eq!(dump["configSource"]["mode"], "file", "{dump}");
+    assert_eq!(dump["configSource"]["lastError"], serde_json::Value::Null);
 }
 
 #[test]

@@ -100,7 +100,7 @@ pub async fn reconcile(wp: Arc<Waypoint>, ctx: Arc<Context>) -> Result<Action, E
         &wp.spec,
         &mesh.spec,
         &ctx.root_cert_pem,
-        &ctx.control_plane.address,
+        &ctx.control_plane,
         &owner,
     );
     let client = ctx.client.clone();

@@ -236,6 +236,11 @@ pub fn ztunnel_daemonset(
         "--root-cert=/var/run/ambit/ca/root-cert.pem".into(),
         "--token-file=/var/run/ambit/token/token".into(),
         format!("--trust-domain={}", mesh.trust_domain),
+        // The operator's SPIFFE ID follows its namespace (any install namespace works).
+        format!(
+            "--operator-identity=spiffe://{}/ns/{}/sa/ambit-operator",
+            mesh.trust_domain, cp.namespace
+        ),
         format!("--inpod-socket={HOST_RUN_DIR}/ztunnel.sock"),
         "--log-format=json".into(),
     ];
@@ -441,6 +446,10 @@ mod tests {
             "{args:?}"
         );
         assert!(args.contains(&"--control-plane=ambit-operator.ambit-system.svc:15012".to_string()));
+        assert!(args.contains(
+            &"--operator-identity=spiffe://example.org/ns/ambit-system/sa/ambit-operator"
+                .to_string()
+        ));
         let env = c.env.as_ref().unwrap();
         assert!(env
             .iter()

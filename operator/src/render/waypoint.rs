@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::dataplane::TOKEN_AUDIENCE;
+use super::dataplane::{ControlPlane, TOKEN_AUDIENCE};
 use super::{labels, log_level, pull_policy};
 use crate::crd::mesh::MeshSpec;
 use crate::crd::waypoint::WaypointSpec;
@@ -39,9 +39,13 @@ pub fn render(
     spec: &WaypointSpec,
     mesh: &MeshSpec,
     root_cert_pem: &str,
-    control_plane: &str,
+    control_plane: &ControlPlane,
     owner: &OwnerReference,
 ) -> WaypointObjects {
+    let operator_identity = format!(
+        "spiffe://{}/ns/{}/sa/ambit-operator",
+        mesh.trust_domain, control_plane.namespace
+    );
     let meta = ObjectMeta {
         name: Some(name.to_string()),
         namespace: Some(namespace.to_string()),
@@ -60,8 +64,9 @@ pub fn render(
     let mut args = vec![
         format!("--name={name}"),
         format!("--namespace={namespace}"),
-        format!("--control-plane={control_plane}"),
+        format!("--control-plane={}", control_plane.address),
         format!("--trust-domain={}", mesh.trust_domain),
+        format!("--operator-identity={operator_identity}"),
         "--root-cert=/var/run/ambit/ca/root-cert.pem".to_string(),
         "--token-file=/var/run/ambit/token/token".to_string(),
     ];
@@ -241,7 +246,11 @@ mod tests {
             controller: Some(true),
             block_owner_deletion: Some(true),
         };
-        let o = render("wp", "shop", &spec, &mesh, "PEM", "op:15012", &owner);
+        let cp = ControlPlane {
+            namespace: "mesh-ops".into(),
+            address: "op:15012".into(),
+        };
+        let o = render("wp", "shop", &spec, &mesh, "PEM", &cp, &owner);
         assert_eq!(o.deployment.metadata.name.as_deref(), Some("wp"));
         let dspec = o.deployment.spec.unwrap();
         assert_eq!(dspec.replicas, Some(2));
