@@ -319,7 +319,7 @@ async fn proxies_get_the_compiled_mesh_deltas_and_survive_an_operator_restart() 
     let mut stream = eventually("operator back", || {
         let (endpoint, held) = (endpoint.clone(), held.clone());
         async move {
-            match RawStream::open(&endpoint, subscribe(held)).await {
+            match RawStream::try_open(&endpoint, subscribe(held)).await? {
                 control_common::Opened::Stream(s) => Some(s),
                 control_common::Opened::Refused(..) => None,
             }

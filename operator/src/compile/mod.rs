@@ -1,9 +1,11 @@
-//! The L4 compiler: a snapshot of the cluster (Namespaces, Pods, Services and Ambit objects) in,
-//! the L4 part of [`MeshConfig`] (workloads, services, policies) and per-object status outcomes
-//! out. Pure functions: no I/O, no clock; the same snapshot always compiles to the same output,
+//! The mesh compiler: a snapshot of the cluster (Namespaces, Pods, Services and Ambit objects)
+//! in, [`MeshConfig`] (L4: workloads, services, policies; L7, for waypoints: routes and backend
+//! policies) and per-object status outcomes out. Pure functions: no I/O, no clock; the same snapshot always compiles to the same output,
 //! in a fixed order (by namespace, then name), so config versions only change when the cluster does.
 
 mod authz;
+mod l7;
+mod l7_map;
 mod mtls;
 mod services;
 mod workloads;
@@ -17,7 +19,9 @@ use kube::ResourceExt;
 
 use crate::crd::common::ConditionUpdate;
 use crate::crd::mesh::{MeshMtlsMode, DEFAULT_MESH_NAME};
-use crate::crd::{AuthorizationPolicy, Mesh, PeerAuthentication, Waypoint};
+use crate::crd::{
+    AuthorizationPolicy, BackendPolicy, Mesh, PeerAuthentication, TrafficRoute, Waypoint,
+};
 
 /// Namespace label that enrolls a namespace (value `ambient`), and pod label that opts a pod out
 /// (value `none`).
@@ -39,6 +43,9 @@ pub mod conditions {
     pub const REASON_TARGET_HAS_NO_SELECTOR: &str = "TargetHasNoSelector";
     pub const REASON_PROGRAMMED: &str = "Programmed";
     pub const REASON_ENFORCED_BY_WAYPOINT: &str = "EnforcedByWaypoint";
+    pub const REASON_CONFLICTED: &str = "Conflicted";
+    pub const REASON_BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    pub const REASON_NO_WAYPOINT: &str = "NoWaypoint";
     pub const REASON_L7_NOT_ENFORCEABLE: &str =
         crate::crd::authorization_policy::REASON_L7_NOT_ENFORCEABLE;
 }
@@ -53,6 +60,8 @@ pub struct Snapshot {
     pub waypoints: Vec<Waypoint>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    pub traffic_routes: Vec<TrafficRoute>,
+    pub backend_policies: Vec<BackendPolicy>,
 }
 
 /// The status an object should have after this compilation.
@@ -75,7 +84,8 @@ pub struct Compiled {
     /// waypoint enforces them, L7 fields included, so they are not in `config.policies` (ztunnel
     /// would enforce their L7 rules fail-closed against the waypoint's own connections).
     pub waypoint_policies: Vec<PolicySpec>,
-    /// Status for every AuthorizationPolicy and PeerAuthentication, by kind, namespace, name.
+    /// Status for every AuthorizationPolicy, PeerAuthentication, TrafficRoute and BackendPolicy,
+    /// by kind, namespace, name.
     pub statuses: Vec<StatusOutcome>,
 }
 
@@ -100,9 +110,11 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
     let services = services::compile(snapshot, &excluded);
     let workloads = workloads::compile(snapshot, &excluded, default_mtls_mode);
     let authz = authz::compile(snapshot, &services);
+    let l7 = l7::compile(snapshot, &services);
 
     let mut statuses = authz.statuses;
     statuses.extend(mtls::statuses(&snapshot.peer_authentications));
+    statuses.extend(l7.statuses);
     statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
 
     Compiled {
@@ -112,7 +124,8 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
             workloads,
             services,
             policies: authz.policies,
-            ..Default::default()
+            backend_policies: l7.backend_policies,
+            routes: l7.routes,
         },
         waypoint_policies: authz.waypoint_policies,
         statuses,

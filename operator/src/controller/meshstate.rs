@@ -27,7 +27,9 @@ use super::status::{conditions, patch_status};
 use crate::compile::{self, Compiled, Snapshot, StatusOutcome};
 use crate::control::{ConfigServer, WorkloadIndex};
 use crate::crd::common::CommonStatus;
-use crate::crd::{AuthorizationPolicy, Mesh, PeerAuthentication, Waypoint};
+use crate::crd::{
+    AuthorizationPolicy, BackendPolicy, Mesh, PeerAuthentication, TrafficRoute, Waypoint,
+};
 
 /// How long changes are gathered before one recompile (a rollout touches many pods at once).
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -43,6 +45,8 @@ pub struct Caches {
     pub waypoints: Store<Waypoint>,
     pub peer_authentications: Store<PeerAuthentication>,
     pub authorization_policies: Store<AuthorizationPolicy>,
+    pub traffic_routes: Store<TrafficRoute>,
+    pub backend_policies: Store<BackendPolicy>,
 }
 
 fn spawn_cache<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
@@ -78,7 +82,9 @@ impl Caches {
             meshes: spawn_cache(Api::all(client.clone()), changed.clone()),
             waypoints: spawn_cache(Api::all(client.clone()), changed.clone()),
             peer_authentications: spawn_cache(Api::all(client.clone()), changed.clone()),
-            authorization_policies: spawn_cache(Api::all(client.clone()), changed),
+            authorization_policies: spawn_cache(Api::all(client.clone()), changed.clone()),
+            traffic_routes: spawn_cache(Api::all(client.clone()), changed.clone()),
+            backend_policies: spawn_cache(Api::all(client.clone()), changed),
         }
     }
 
@@ -92,6 +98,8 @@ impl Caches {
         let _ = self.waypoints.wait_until_ready().await;
         let _ = self.peer_authentications.wait_until_ready().await;
         let _ = self.authorization_policies.wait_until_ready().await;
+        let _ = self.traffic_routes.wait_until_ready().await;
+        let _ = self.backend_policies.wait_until_ready().await;
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -109,6 +117,8 @@ impl Caches {
             waypoints: all(&self.waypoints),
             peer_authentications: all(&self.peer_authentications),
             authorization_policies: all(&self.authorization_policies),
+            traffic_routes: all(&self.traffic_routes),
+            backend_policies: all(&self.backend_policies),
         }
     }
 
@@ -275,6 +285,18 @@ async fn write_statuses(client: &Client, outcomes: &[StatusOutcome], written: &W
             }
             "PeerAuthentication" => {
                 write_one::<PeerAuthentication>(client, outcome, |p| {
+                    p.status.as_ref().map(|s| s.conditions.clone())
+                })
+                .await
+            }
+            "TrafficRoute" => {
+                write_one::<TrafficRoute>(client, outcome, |p| {
+                    p.status.as_ref().map(|s| s.conditions.clone())
+                })
+                .await
+            }
+            "BackendPolicy" => {
+                write_one::<BackendPolicy>(client, outcome, |p| {
                     p.status.as_ref().map(|s| s.conditions.clone())
                 })
                 .await

@@ -197,19 +197,26 @@ pub enum Opened {
 
 impl RawStream {
     pub async fn open(ep: &Endpoint, sub: Subscribe) -> Opened {
+        Self::try_open(ep, sub)
+            .await
+            .expect("the control plane is reachable")
+    }
+
+    /// Like `open`, but `None` when the server can't be reached (yet): for retry loops.
+    pub async fn try_open(ep: &Endpoint, sub: Subscribe) -> Option<Opened> {
         let token = ep.token().unwrap();
-        let client = ep.connect().await.unwrap();
-        let mut client = client.ready().await.unwrap();
+        let client = ep.connect().await.ok()?;
+        let mut client = client.ready().await.ok()?;
         let req = http::Request::builder()
             .method("POST")
             .uri(format!("https://ambit-operator{STREAM_PATH}"))
             .header("authorization", format!("Bearer {token}"))
             .body(())
             .unwrap();
-        let (resp, mut send) = client.send_request(req, false).unwrap();
+        let (resp, mut send) = client.send_request(req, false).ok()?;
         send.send_data(encode(&ClientMessage::Subscribe(sub)), false)
             .unwrap();
-        let resp = resp.await.unwrap();
+        let resp = resp.await.ok()?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
         if status != 200 {
@@ -217,13 +224,16 @@ impl RawStream {
             while let Some(Ok(c)) = body.data().await {
                 text.extend_from_slice(&c);
             }
-            return Opened::Refused(status, String::from_utf8_lossy(&text).into_owned());
+            return Some(Opened::Refused(
+                status,
+                String::from_utf8_lossy(&text).into_owned(),
+            ));
         }
-        Opened::Stream(RawStream {
+        Some(Opened::Stream(RawStream {
             send,
             body,
             decoder: LineDecoder::default(),
-        })
+        }))
     }
 
     pub async fn subscribe(ep: &Endpoint, sub: Subscribe) -> RawStream {

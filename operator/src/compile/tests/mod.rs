@@ -1,5 +1,8 @@
 //! Compiler unit tests: one file per concern, sharing the bookinfo snapshot below.
 
+mod l7;
+mod l7_examples;
+mod l7_routes;
 mod policies;
 mod workloads_services;
 
