@@ -87,6 +87,10 @@ async fn mesh_first_reconcile_adds_the_finalizer_then_applies_the_data_plane() {
         format!("PATCH {SA}/ambit-node-agent"),
         "PATCH /apis/rbac.authorization.k8s.io/v1/clusterroles/ambit-node-agent".to_string(),
         "PATCH /apis/rbac.authorization.k8s.io/v1/clusterrolebindings/ambit-node-agent".to_string(),
+        "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/ambit-system/roles/ambit-node-agent"
+            .to_string(),
+        "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/ambit-system/rolebindings/ambit-node-agent"
+            .to_string(),
         "PATCH /api/v1/namespaces/ambit-system/configmaps/ambit-ca-root-cert".to_string(),
         format!("GET {DS}/ztunnel"),
         format!("PATCH {DS}/ztunnel"),
@@ -105,7 +109,7 @@ async fn mesh_first_reconcile_adds_the_finalizer_then_applies_the_data_plane() {
         .await
         .unwrap();
     let again = calls(&server);
-    assert_eq!(again, want[..9].to_vec());
+    assert_eq!(again, want[..11].to_vec());
 }
 
 #[tokio::test]

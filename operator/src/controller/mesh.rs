@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
@@ -158,6 +158,13 @@ async fn apply(mesh: &Mesh, ctx: &Context, api: &Api<Mesh>) -> Result<Action, Er
     apply_object(&Api::<ClusterRole>::all(ctx.client.clone()), &role).await?;
     apply_object(
         &Api::<ClusterRoleBinding>::all(ctx.client.clone()),
+        &binding,
+    )
+    .await?;
+    let (role, binding) = dataplane::node_agent_namespaced_rbac(cp, &owner);
+    apply_object(&Api::<Role>::namespaced(ctx.client.clone(), ns), &role).await?;
+    apply_object(
+        &Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
         &binding,
     )
     .await?;

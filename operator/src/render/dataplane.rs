@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::{
     ProjectedVolumeSource, SecurityContext, ServiceAccount, ServiceAccountTokenProjection,
     Toleration, Volume, VolumeMount, VolumeProjection,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -91,6 +93,40 @@ pub fn node_agent_rbac(
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "ClusterRole".into(),
+            name: NODE_AGENT.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: NODE_AGENT.into(),
+            namespace: Some(cp.namespace.clone()),
+            ..Default::default()
+        }]),
+    };
+    (role, binding)
+}
+
+/// On SIGTERM the node agent reads its own DaemonSet: gone or terminating means the mesh is
+/// being removed (clean the node), present means a restart (leave pods captured).
+pub fn node_agent_namespaced_rbac(
+    cp: &ControlPlane,
+    owner: &OwnerReference,
+) -> (Role, RoleBinding) {
+    let meta = object_meta(NODE_AGENT, cp, owner, NODE_AGENT);
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["apps".into()]),
+            resources: Some(vec!["daemonsets".into()]),
+            resource_names: Some(vec![NODE_AGENT.into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
             name: NODE_AGENT.into(),
         },
         subjects: Some(vec![Subject {
@@ -340,6 +376,7 @@ pub fn node_agent_daemonset(
         ),
         format!("--ztunnel-socket={HOST_RUN_DIR}/ztunnel.sock"),
         format!("--plugin-socket={HOST_RUN_DIR}/cni-agent.sock"),
+        format!("--daemonset={}/{NODE_AGENT}", cp.namespace),
     ];
     args.extend(
         mesh.cni
@@ -354,6 +391,7 @@ pub fn node_agent_daemonset(
         args: Some(args),
         env: Some(vec![
             env_from_field("NODE_NAME", "spec.nodeName"),
+            env_from_field("POD_NAMESPACE", "metadata.namespace"),
             EnvVar {
                 name: "RUST_LOG".into(),
                 value: Some(log_level(mesh.node_agent.log_level, mesh.log_level).into()),
@@ -483,6 +521,7 @@ mod tests {
         let args = pod.containers[0].args.as_ref().unwrap();
         assert!(args.contains(&"--failure-policy=open".to_string()));
         assert!(args.contains(&"--exclude-namespace=infra".to_string()));
+        assert!(args.contains(&"--daemonset=ambit-system/ambit-node-agent".to_string()));
         let bin = pod
             .volumes
             .as_ref()
