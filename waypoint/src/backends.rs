@@ -94,6 +94,14 @@ impl Backends {
         backend
     }
 
+    /// Every live backend, sorted by name (for the admin config dump).
+    pub fn snapshot(&self) -> Vec<Arc<Backend>> {
+        let map = self.map.lock().expect("backends lock poisoned");
+        let mut out: Vec<Arc<Backend>> = map.values().cloned().collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out
+    }
+
     /// Applies a new config to every backend; backends of vanished Services are forgotten
     /// (requests still holding one finish with it).
     pub fn refresh(&self, state: &State) {

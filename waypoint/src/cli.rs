@@ -1,5 +1,11 @@
-//! The `waypoint` command line. File mode: config from a YAML file, certificates from a local
-//! CA loaded from `--ca-cert/--ca-key` (as ztunnel's file mode does).
+//! The `waypoint` command line, with ztunnel's two modes:
+//! - stream mode (`--control-plane HOST:PORT`, what the operator renders): config from the
+//!   operator's config stream (target `waypoint/<namespace>/<service account>`) and the
+//!   certificate from its CA, authenticated by the projected ServiceAccount token;
+//! - file mode (`--config` + `--ca-cert` + `--ca-key`, tests and the sandbox): config from a
+//!   YAML file, certificate from a local CA.
+//!
+//! Exactly one mode must be given.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,14 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_core::ca::CertificateAuthority;
-use ambit_core::certs::LocalCa;
+use ambit_core::certs::{CertificateProvider, LocalCa};
+use ambit_core::control::{Endpoint, RemoteCa};
 use ambit_core::hbone::client::PoolConfig;
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
-use crate::{Options, Waypoint, DEFAULT_BODY_LIMIT};
+use crate::{ConfigMode, Options, Waypoint, DEFAULT_BODY_LIMIT};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Ambit's per-namespace L7 proxy (waypoint)")]
@@ -28,23 +35,52 @@ pub struct Args {
     /// Service account (SPIFFE identity) of the waypoint; defaults to --name.
     #[arg(long, env = "SERVICE_ACCOUNT")]
     service_account: Option<String>,
-    /// Mesh config (workloads, services, policies, routes) as YAML; re-read when it changes.
+    /// The operator's control plane (`host:port`, usually
+    /// ambit-operator.ambit-system.svc:15012): config stream and CA. Excludes
+    /// --config/--ca-cert/--ca-key.
+    #[arg(long, env = "AMBIT_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// The mesh root certificate the control plane's certificate must chain to (stream mode;
+    /// the operator mounts ConfigMap <waypoint>-root-cert here).
+    #[arg(
+        long,
+        env = "AMBIT_ROOT_CERT",
+        default_value = "/var/run/ambit/ca/root-cert.pem"
+    )]
+    root_cert: PathBuf,
+    /// Projected ServiceAccount token sent to the control plane (stream mode; re-read per
+    /// connection, kubelet rotates it).
+    #[arg(
+        long,
+        env = "AMBIT_TOKEN_FILE",
+        default_value = "/var/run/ambit/token/token"
+    )]
+    token_file: PathBuf,
+    /// SPIFFE ID the control plane must present (default: the operator's in --trust-domain).
+    #[arg(long)]
+    operator_identity: Option<ambit_core::Identity>,
+    /// File mode: mesh config (workloads, services, policies, routes) as YAML; re-read when it
+    /// changes.
     #[arg(long, env = "AMBIT_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// File mode: how often to check the config file for changes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reload_interval: Duration,
-    /// Mesh CA certificate (PEM) used to issue the waypoint's certificate locally.
+    /// File mode: mesh CA certificate (PEM) used to issue the waypoint's certificate locally.
     #[arg(long, env = "AMBIT_CA_CERT")]
-    ca_cert: PathBuf,
-    /// Mesh CA private key (PKCS#8 PEM).
+    ca_cert: Option<PathBuf>,
+    /// File mode: mesh CA private key (PKCS#8 PEM).
     #[arg(long, env = "AMBIT_CA_KEY")]
-    ca_key: PathBuf,
+    ca_key: Option<PathBuf>,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     leaf_ttl: Duration,
     #[arg(long, default_value = "0.0.0.0:15008")]
     hbone_addr: SocketAddr,
+    /// Admin endpoints (/config_dump, /certs); keep it on localhost.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:15021")]
@@ -70,6 +106,70 @@ fn read_pem(path: &PathBuf, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))
 }
 
+/// Exactly one of: the control plane (config stream + remote CA), or a file and a local CA.
+/// Returns the config mode, the certificate provider and a description for the log.
+pub fn mode(args: &Args) -> anyhow::Result<(ConfigMode, Arc<dyn CertificateProvider>, String)> {
+    let file_flags = [
+        ("--config", args.config.is_some()),
+        ("--ca-cert", args.ca_cert.is_some()),
+        ("--ca-key", args.ca_key.is_some()),
+    ];
+    if let Some(address) = &args.control_plane {
+        let clash: Vec<&str> = file_flags.iter().filter(|f| f.1).map(|f| f.0).collect();
+        anyhow::ensure!(
+            clash.is_empty(),
+            "--control-plane takes config and the certificate from the operator; drop {}",
+            clash.join(", ")
+        );
+        let operator_identity = match &args.operator_identity {
+            Some(id) => id.clone(),
+            None => ambit_core::control::operator_identity(&args.trust_domain)?,
+        };
+        let endpoint = Endpoint {
+            address: address.clone(),
+            root_cert: args.root_cert.clone(),
+            operator_identity,
+            token_file: args.token_file.clone(),
+            connect_timeout: Duration::from_secs(10),
+        };
+        // Fail fast on a missing root or token: retrying would not fix them.
+        ambit_core::control::tls::read_roots(&endpoint.root_cert)?;
+        endpoint.token()?;
+        let certs = Arc::new(RemoteCa {
+            endpoint: endpoint.clone(),
+        });
+        return Ok((
+            ConfigMode::ControlPlane { endpoint },
+            certs,
+            format!("control plane {address}"),
+        ));
+    }
+    let (Some(config), Some(ca_cert), Some(ca_key)) = (&args.config, &args.ca_cert, &args.ca_key)
+    else {
+        let missing: Vec<&str> = file_flags.iter().filter(|f| !f.1).map(|f| f.0).collect();
+        anyhow::bail!(
+            "give either --control-plane HOST:PORT, or all of --config, --ca-cert and --ca-key (missing {})",
+            missing.join(", ")
+        );
+    };
+    let ca = CertificateAuthority::from_pem(
+        &args.trust_domain,
+        &read_pem(ca_cert, "CA certificate")?,
+        &read_pem(ca_key, "CA key")?,
+    )
+    .context("loading the mesh CA")?;
+    let certs = Arc::new(LocalCa {
+        ca: Arc::new(ca),
+        leaf_ttl: args.leaf_ttl,
+        extra_roots: vec![],
+    });
+    let mode = ConfigMode::File {
+        path: config.clone(),
+        reload_interval: args.reload_interval,
+    };
+    Ok((mode, certs, config.display().to_string()))
+}
+
 /// Parses `args` (argv without the program name) and runs the waypoint until SIGTERM.
 pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> anyhow::Result<()> {
     let args = Args::parse_from(std::iter::once("waypoint".into()).chain(args));
@@ -84,30 +184,24 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
     } else {
         fmt.init();
     }
-    let ca = CertificateAuthority::from_pem(
-        &args.trust_domain,
-        &read_pem(&args.ca_cert, "CA certificate")?,
-        &read_pem(&args.ca_key, "CA key")?,
-    )
-    .context("loading the mesh CA")?;
+    let (config, certs, from) = mode(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let wp = Waypoint::start(Options {
-            service_account: args.service_account.clone().unwrap_or_else(|| args.name.clone()),
+            service_account: args
+                .service_account
+                .clone()
+                .unwrap_or_else(|| args.name.clone()),
             name: args.name.clone(),
             namespace: args.namespace.clone(),
             trust_domain: args.trust_domain.clone(),
-            config: args.config.clone(),
-            reload_interval: args.reload_interval,
-            certs: Arc::new(LocalCa {
-                ca: Arc::new(ca),
-                leaf_ttl: args.leaf_ttl,
-                extra_roots: vec![],
-            }),
+            config,
+            certs,
             hbone_addr: args.hbone_addr,
+            admin_addr: args.admin_addr,
             metrics_addr: args.metrics_addr,
             readiness_addr: args.readiness_addr,
             access_log: args.access_log,
@@ -118,7 +212,7 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
             },
         })
         .await?;
-        info!(name = %args.name, namespace = %args.namespace, config = %args.config.display(), "waypoint started");
+        info!(name = %args.name, namespace = %args.namespace, config = %from, "waypoint started");
         let mut term = signal(SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: draining"),
@@ -127,4 +221,76 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
         wp.drain(args.drain_timeout).await;
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let base = ["waypoint", "--name", "wp", "--namespace", "shop"];
+        Args::try_parse_from(base.iter().chain(extra)).unwrap()
+    }
+
+    fn err(extra: &[&str]) -> String {
+        match mode(&args(extra)) {
+            Ok(_) => panic!("{extra:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn exactly_one_mode_with_errors_that_name_the_flags() {
+        let e = err(&[]);
+        assert!(
+            e.contains("--control-plane") && e.contains("missing --config, --ca-cert, --ca-key"),
+            "{e}"
+        );
+        let e = err(&["--config", "m.yaml"]);
+        assert!(e.contains("missing --ca-cert, --ca-key"), "{e}");
+        let e = err(&[
+            "--control-plane",
+            "op:15012",
+            "--config",
+            "m.yaml",
+            "--ca-key",
+            "k",
+        ]);
+        assert!(e.contains("drop --config, --ca-key"), "{e}");
+    }
+
+    #[test]
+    fn stream_mode_fails_fast_on_a_missing_root_or_token() {
+        let dir = std::env::temp_dir().join(format!("wp-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.join("root.pem");
+        let token = dir.join("token");
+        let (root_s, token_s) = (root.to_str().unwrap(), token.to_str().unwrap());
+        let cp = [
+            "--control-plane",
+            "op:15012",
+            "--root-cert",
+            root_s,
+            "--token-file",
+            token_s,
+        ];
+        let e = err(&cp);
+        assert!(e.contains("root.pem") && e.contains("--root-cert"), "{e}");
+        let ca =
+            CertificateAuthority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        std::fs::write(&root, ca.root_pem()).unwrap();
+        let e = err(&cp);
+        assert!(e.contains("token") && e.contains("--token-file"), "{e}");
+        std::fs::write(&token, "t0k3n\n").unwrap();
+        let (mode, _, from) = mode(&args(&cp)).unwrap();
+        assert_eq!(from, "control plane op:15012");
+        let ConfigMode::ControlPlane { endpoint } = mode else {
+            panic!("file mode selected")
+        };
+        assert_eq!(
+            endpoint.operator_identity.to_string(),
+            "spiffe://cluster.local/ns/ambit-system/sa/ambit-operator"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 pub mod balance;
 
+pub mod admin;
 pub mod authz;
 pub mod backends;
 pub mod body;
@@ -20,6 +21,7 @@ pub mod retry;
 pub mod routes;
 pub mod source;
 pub mod state;
+pub mod stream_source;
 pub mod telemetry;
 pub mod upstream;
 
@@ -30,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ambit_core::certs::{CertManager, CertificateProvider};
+use ambit_core::control::Endpoint;
 use ambit_core::hbone::client::{Pool, PoolConfig};
 use ambit_core::meshconfig::WaypointRef;
 use ambit_core::Identity;
@@ -39,14 +42,27 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::admin::{Admin, SourceInfo};
 use crate::backends::Backends;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::source::FileSource;
+use crate::stream_source::StreamSource;
 use crate::upstream::Upstream;
 
 /// Default size up to which request bodies are buffered (and so can be retried or mirrored).
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// Where config (and, with it, certificates) come from.
+pub enum ConfigMode {
+    /// A local `MeshConfig` YAML file, polled every `reload_interval`.
+    File {
+        path: PathBuf,
+        reload_interval: Duration,
+    },
+    /// The operator's config stream, target `waypoint/<namespace>/<service account>`.
+    ControlPlane { endpoint: Endpoint },
+}
 
 pub struct Options {
     /// The waypoint's name; Services and workloads name it in their `waypoint` field.
@@ -55,10 +71,11 @@ pub struct Options {
     /// Service account of the waypoint's pods (its SPIFFE identity); usually `name`.
     pub service_account: String,
     pub trust_domain: String,
-    pub config: PathBuf,
-    pub reload_interval: Duration,
+    pub config: ConfigMode,
     pub certs: Arc<dyn CertificateProvider>,
     pub hbone_addr: SocketAddr,
+    /// Admin (`/config_dump`, `/certs`); localhost only.
+    pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub readiness_addr: SocketAddr,
     pub access_log: bool,
@@ -77,20 +94,48 @@ pub struct Waypoint {
 }
 
 impl Waypoint {
+    /// Starts serving once the first config is in (file mode: read at once, a bad file is
+    /// fatal; stream mode: waits, retrying, for the first valid config). Every listener,
+    /// readiness included, opens only after that.
     pub async fn start(opts: Options) -> anyhow::Result<Waypoint> {
         let metrics = Arc::new(Metrics::new());
         let me = WaypointRef {
             name: opts.name.clone(),
             namespace: opts.namespace.clone(),
         };
-        let state = FileSource {
-            path: opts.config.clone(),
-            interval: opts.reload_interval,
-            trust_domain: opts.trust_domain.clone(),
-            me,
-        }
-        .start(metrics.clone())
-        .context("loading the mesh config")?;
+        let (state, source) = match &opts.config {
+            ConfigMode::File {
+                path,
+                reload_interval,
+            } => {
+                let state = FileSource {
+                    path: path.clone(),
+                    interval: *reload_interval,
+                    trust_domain: opts.trust_domain.clone(),
+                    me,
+                }
+                .start(metrics.clone())
+                .context("loading the mesh config")?;
+                (state, SourceInfo::File { path: path.clone() })
+            }
+            ConfigMode::ControlPlane { endpoint } => {
+                let src = StreamSource {
+                    endpoint: endpoint.clone(),
+                    namespace: opts.namespace.clone(),
+                    service_account: opts.service_account.clone(),
+                    me,
+                    trust_domain: opts.trust_domain.clone(),
+                };
+                let target = src.target().to_string();
+                let (state, status) = src.start(metrics.clone()).await;
+                let source = SourceInfo::ControlPlane {
+                    address: endpoint.address.clone(),
+                    target,
+                    status,
+                };
+                (state, source)
+            }
+        };
         let identity = Identity::new(&opts.trust_domain, &opts.namespace, &opts.service_account)
             .context("the waypoint's SPIFFE identity")?;
         let slot = CertManager::new(opts.certs.clone())
@@ -108,6 +153,9 @@ impl Waypoint {
         let ready_listener = metrics::bind(opts.readiness_addr)
             .await
             .with_context(|| format!("binding readiness on {}", opts.readiness_addr))?;
+        let admin_listener = metrics::bind(opts.admin_addr)
+            .await
+            .with_context(|| format!("binding admin on {}", opts.admin_addr))?;
         let (draining, draining_rx) = watch::channel(false);
         let src_ip = if hbone_addr.ip().is_unspecified() {
             IpAddr::from([0, 0, 0, 0])
@@ -117,7 +165,7 @@ impl Waypoint {
         let shared = Arc::new(Shared {
             state: state.clone(),
             backends: Backends::default(),
-            upstream: Upstream::new(Pool::new(opts.pool.clone()), slot, src_ip),
+            upstream: Upstream::new(Pool::new(opts.pool.clone()), slot.clone(), src_ip),
             metrics: metrics.clone(),
             access_log: opts.access_log,
             body_limit: opts.body_limit,
@@ -137,6 +185,14 @@ impl Waypoint {
             metrics.clone(),
             ready.clone(),
         )));
+        let admin = Admin {
+            shared: shared.clone(),
+            slot,
+            source,
+            name: opts.name.clone(),
+            namespace: opts.namespace.clone(),
+        };
+        tasks.push(tokio::spawn(admin.serve(admin_listener)));
         let weak = Arc::downgrade(&shared);
         let mut updates = state;
         tasks.push(tokio::spawn(async move {

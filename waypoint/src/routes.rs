@@ -77,6 +77,8 @@ pub struct Rule {
 pub struct CompiledRoute {
     pub key: String,
     pub rules: Vec<Arc<Rule>>,
+    /// The route as configured (for the admin config dump).
+    pub spec: RouteSpec,
 }
 
 fn compile_str(m: &StringMatch, err: &dyn Fn(String) -> RouteError) -> Result<Str, RouteError> {
@@ -185,6 +187,7 @@ impl CompiledRoute {
         Ok(Self {
             key: spec.key(),
             rules,
+            spec: spec.clone(),
         })
     }
 

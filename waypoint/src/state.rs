@@ -160,6 +160,27 @@ impl State {
             })
     }
 
+    /// Services whose traffic this waypoint handles, sorted by namespace/name.
+    pub fn served_services(&self) -> Vec<&ServiceSpec> {
+        let mut keys: Vec<&ServiceKey> = self.vips.values().collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter_map(|k| self.services.get(k))
+            .collect()
+    }
+
+    /// Workloads whose traffic (addressed to the pod IP) this waypoint handles.
+    pub fn served_workloads(&self) -> Vec<&Workload> {
+        let mut out: Vec<&Workload> = self
+            .served_workloads
+            .keys()
+            .filter_map(|ip| self.workloads.get(ip))
+            .collect();
+        out.sort_by_key(|w| w.spec.ip);
+        out
+    }
+
     /// Healthy endpoints of a Service narrowed by `subset`, at the target port of `port`.
     pub fn service_endpoints(
         &self,

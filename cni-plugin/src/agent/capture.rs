@@ -99,23 +99,31 @@ impl Agent {
                 ),
             ));
         }
-        if let (Some(ip), Some(probe)) = (captured.ipv4(), self.opts.redirect.probe_source_v4) {
-            let host = &self.opts.host_netns;
-            // Adding the pod's element fails when the node's table is missing (first pod, or
-            // removed by someone): install the table with every captured pod then.
-            let result = crate::probes::add_pod(host, ip).or_else(|_| {
-                let mut all: Vec<Ipv4Addr> =
-                    st.captured.values().filter_map(Captured::ipv4).collect();
-                all.push(ip);
-                crate::probes::apply(host, probe, &all)
-            });
-            if let Err(e) = result {
-                warn!(pod = %captured.info.uid, error = %e, "kubelet probe SNAT not installed");
-            }
-        }
+        self.add_probe_snat(st, &captured);
         info!(pod = %captured.info.uid, "pod captured");
         st.captured.insert(captured.info.uid.clone(), captured);
         Ok(())
+    }
+
+    /// Lets kubelet probes reach the captured pod (see [`crate::probes`]).
+    pub(super) fn add_probe_snat(&self, st: &State, captured: &Captured) {
+        let (Some(ip), Some(probe)) = (captured.ipv4(), self.opts.redirect.probe_source_v4) else {
+            return;
+        };
+        let host = &self.opts.host_netns;
+        // Adding the pod's element fails when the node's table is missing (first pod, or
+        // removed by someone): install the table with every captured pod then.
+        let result = crate::probes::add_pod(host, ip).or_else(|_| {
+            let mut all: Vec<Ipv4Addr> = st.captured.values().filter_map(Captured::ipv4).collect();
+            all.push(ip);
+            // The pod may be listed already (taken over from a previous agent).
+            all.sort();
+            all.dedup();
+            crate::probes::apply(host, probe, &all)
+        });
+        if let Err(e) = result {
+            warn!(pod = %captured.info.uid, error = %e, "kubelet probe SNAT not installed");
+        }
     }
 
     pub(super) fn release(&self, st: &mut State, uid: &str) {

@@ -3,7 +3,7 @@
 //! it as a JSON file, which the agent re-reads when it changes (the same pattern as
 //! ztunnel's file-mode config).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -24,6 +24,9 @@ pub struct ClusterView {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     pub pods: Vec<ClusterPod>,
+    /// Namespaces never captured (the agent's `--exclude-namespace`), whatever their labels.
+    #[serde(skip)]
+    pub excluded_namespaces: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -79,6 +82,12 @@ impl ClusterView {
         if pod.host_network {
             return Decision::Skip("host-network pod".into());
         }
+        if self.excluded_namespaces.contains(&pod.namespace) {
+            return Decision::Skip(format!(
+                "namespace {} is excluded from the mesh on this node",
+                pod.namespace
+            ));
+        }
         if !self.namespace_enrolled(&pod.namespace) {
             return Decision::Skip(format!(
                 "namespace {} is not labelled {DATAPLANE_MODE_LABEL}={AMBIENT}",
@@ -122,5 +131,10 @@ mod tests {
         assert!(matches!(d("b"), Decision::Skip(r) if r.contains("not labelled")));
         assert!(matches!(d("c"), Decision::Skip(r) if r.contains("opted out")));
         assert!(matches!(d("d"), Decision::Skip(r) if r.contains("host-network")));
+
+        let mut excluding = view.clone();
+        excluding.excluded_namespaces.insert("mesh".into());
+        let a = excluding.pod("mesh", "a").unwrap();
+        assert!(matches!(excluding.decide(a), Decision::Skip(r) if r.contains("excluded")));
     }
 }

@@ -7,13 +7,17 @@
 //! When ztunnel (re)connects, the agent replays every captured pod and marks the snapshot
 //! complete, so a restarted ztunnel rebuilds exactly the right set.
 
+mod adopt;
 mod capture;
 pub mod cluster;
 mod gc;
 pub mod health;
 pub mod install;
+pub mod kube_source;
 pub mod netns_lookup;
 mod reconcile;
+mod shutdown;
+pub mod source;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,6 +34,7 @@ use tracing::{info, warn};
 use crate::agent_proto::{serve_one, AgentResponse, PluginRequest};
 use crate::redirect::RedirectConfig;
 use cluster::{ClusterPod, ClusterView, Decision};
+use source::ClusterFeed;
 
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -88,6 +93,12 @@ struct State {
     ztunnel: Option<AgentClient>,
     /// Why the last connection attempt to ztunnel failed (for readiness).
     ztunnel_error: Option<String>,
+    /// The source produced a complete view (a watch finished its initial lists). Until then
+    /// the agent neither reconciles nor connects to ztunnel: an empty snapshot would make
+    /// ztunnel drop the pods a previous agent captured.
+    view_loaded: bool,
+    /// Shutting down: nothing is captured any more.
+    stopping: bool,
 }
 
 /// Why a pod could not be captured: a metric label and a message for the plugin and logs.
@@ -111,6 +122,7 @@ pub struct Agent {
     state: Arc<Mutex<State>>,
     metrics: Arc<health::AgentMetrics>,
     installed: Arc<std::sync::atomic::AtomicBool>,
+    feed: Arc<ClusterFeed>,
 }
 
 fn pod_info(pod: &ClusterPod, ips: &[IpAddr]) -> PodInfo {
@@ -129,7 +141,14 @@ fn pod_info(pod: &ClusterPod, ips: &[IpAddr]) -> PodInfo {
 
 impl Agent {
     /// Starts the plugin server, the reconciler and the ztunnel connection; returns at once.
+    /// The cluster view comes from the file `opts.cluster_state`.
     pub fn start(opts: AgentOptions) -> std::io::Result<Agent> {
+        let feed = ClusterFeed::file(opts.cluster_state.clone());
+        Agent::start_fed(opts, feed)
+    }
+
+    /// [`Agent::start`] with the cluster view from `feed` (`opts.cluster_state` is unused).
+    pub fn start_fed(opts: AgentOptions, feed: ClusterFeed) -> std::io::Result<Agent> {
         if let Some(dir) = opts.plugin_socket.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -137,9 +156,13 @@ impl Agent {
         let listener = UnixListener::bind(&opts.plugin_socket)?;
         let agent = Agent {
             opts: Arc::new(opts),
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                view_loaded: !feed.needs_initial_load(),
+                ..State::default()
+            })),
             metrics: Arc::default(),
             installed: Arc::default(),
+            feed: Arc::new(feed),
         };
         let a = agent.clone();
         std::thread::Builder::new()
@@ -148,9 +171,12 @@ impl Agent {
         let a = agent.clone();
         std::thread::Builder::new()
             .name("reconciler".into())
-            .spawn(move || loop {
-                a.reconcile();
-                std::thread::sleep(a.opts.resync);
+            .spawn(move || {
+                let mut seen = 0;
+                loop {
+                    a.reconcile();
+                    seen = a.feed.wait(seen, a.opts.resync);
+                }
             })?;
         Ok(agent)
     }
@@ -184,6 +210,9 @@ impl Agent {
             return Err("the CNI plugin is not installed in the node's CNI config yet".into());
         }
         let st = self.lock();
+        if !st.view_loaded {
+            return Err("waiting for the initial Kubernetes lists of pods and namespaces".into());
+        }
         match &st.ztunnel {
             Some(client) if !client.is_closed() => Ok(()),
             Some(_) => Err(
@@ -328,6 +357,11 @@ impl Agent {
             if let Some(pod) = st.view.pod(namespace, name).cloned() {
                 return match st.view.decide(&pod) {
                     Decision::Skip(reason) => AgentResponse::Skipped { reason },
+                    // Being removed from the node: capturing now would leave rules behind.
+                    Decision::Capture if st.stopping => AgentResponse::Error {
+                        message: "the node agent is shutting down".into(),
+                        retryable: true,
+                    },
                     Decision::Capture => {
                         match self.capture(&mut st, &pod, netns, ips, Some(attachment)) {
                             Ok(()) => AgentResponse::Captured,
@@ -362,6 +396,12 @@ impl Agent {
     }
 
     fn ensure_ztunnel(&self, st: &mut State) -> Result<(), String> {
+        if !st.view_loaded {
+            return Err(
+                "the node agent is still loading the cluster view; it connects to ztunnel after"
+                    .into(),
+            );
+        }
         match &st.ztunnel {
             Some(client) if !client.is_closed() => return Ok(()),
             Some(_) => {

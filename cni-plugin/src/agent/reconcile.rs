@@ -5,13 +5,18 @@ use std::collections::HashMap;
 
 use tracing::warn;
 
-use super::cluster::{ClusterPod, ClusterView, Decision};
+use super::cluster::{ClusterPod, Decision};
 use super::{netns_lookup, Agent};
 
 impl Agent {
     pub(super) fn refresh_view(&self) {
-        match ClusterView::load(&self.opts.cluster_state) {
-            Ok(view) => self.lock().view = view,
+        match self.feed.read() {
+            Ok(Some(view)) => {
+                let mut st = self.lock();
+                st.view = view;
+                st.view_loaded = true;
+            }
+            Ok(None) => {}
             Err(e) => warn!(error = %e, "keeping the last good cluster state"),
         }
     }
@@ -21,7 +26,10 @@ impl Agent {
     pub fn reconcile(&self) {
         self.refresh_view();
         let mut st = self.lock();
-        let _ = self.ensure_ztunnel(&mut st);
+        if !st.view_loaded || st.stopping {
+            // Acting on a half-loaded view would release every pod it does not list yet.
+            return;
+        }
         let mine: Vec<ClusterPod> = st
             .view
             .pods
@@ -43,6 +51,11 @@ impl Agent {
         for uid in stale {
             self.release(&mut st, &uid);
         }
+        // Before the first connection, take over the pods a previous agent captured so the
+        // snapshot ztunnel gets includes them (no listener is closed and reopened).
+        let adopted = self.adopt_before_connecting(&mut st, &wanted);
+        let _ = self.ensure_ztunnel(&mut st);
+        self.finish_adoption(&mut st, adopted);
         for (uid, pod) in wanted {
             if st.captured.contains_key(&uid) {
                 continue;

@@ -170,6 +170,16 @@ impl Backend {
 
     /// Admission (circuit breaker limits) + endpoint choice (LB, skipping ejected endpoints).
     pub fn pick(&self, hash_key: Option<&[u8]>) -> Result<Pick, Unavailable> {
+        self.pick_avoiding(hash_key, &[])
+    }
+
+    /// [`Backend::pick`] for a retry: endpoints in `avoid` (tried already) are not chosen
+    /// while another usable endpoint exists.
+    pub fn pick_avoiding(
+        &self,
+        hash_key: Option<&[u8]>,
+        avoid: &[std::net::SocketAddr],
+    ) -> Result<Pick, Unavailable> {
         let now = self.shared.opts.clock.now();
         let mut st = self.shared.lock();
         if st.in_flight >= st.settings.max_requests {
@@ -177,7 +187,7 @@ impl Backend {
             return Err(Unavailable::Overflow(MAX_REQUESTS));
         }
         st.sweep(now);
-        let Some(i) = st.choose(hash_key, now, self.shared.opts.decay) else {
+        let Some(i) = st.choose(hash_key, avoid, now, self.shared.opts.decay) else {
             self.shared.stats.no_healthy();
             return Err(Unavailable::NoHealthyUpstream);
         };

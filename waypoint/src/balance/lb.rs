@@ -3,6 +3,7 @@
 //! backend's mutex.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ambit_core::meshconfig::backend::{BackendPolicySpec, LoadBalancerType, OutlierDetectionSpec};
@@ -162,26 +163,37 @@ impl State {
         Some(Ok(self.slots[i].outlier.eject(now, spec)))
     }
 
-    /// The index of the endpoint for the next request, or `None` if none is usable.
+    /// The index of the endpoint for the next request, or `None` if none is usable. Endpoints
+    /// in `avoid` (a retry's previous tries) are skipped like ejected ones while another
+    /// usable endpoint exists (Envoy's `previous_hosts` predicate, exact rather than re-picks:
+    /// P2C over two endpoints would otherwise keep choosing a fast-failing one).
     pub(crate) fn choose(
         &mut self,
         hash_key: Option<&[u8]>,
+        avoid: &[SocketAddr],
         now: Instant,
         decay: Duration,
     ) -> Option<usize> {
         let n = self.slots.len();
-        let ejected = self.slots.iter().filter(|s| s.outlier.is_ejected()).count();
-        let usable = n - ejected;
+        let avoided = |s: &Slot| avoid.contains(&s.endpoint.addr);
+        let avoiding = !avoid.is_empty()
+            && self
+                .slots
+                .iter()
+                .any(|s| !s.outlier.is_ejected() && !avoided(s));
+        let skip = |s: &Slot| s.outlier.is_ejected() || (avoiding && avoided(s));
+        let skipped = self.slots.iter().filter(|s| skip(s)).count();
+        let usable = n - skipped;
         if usable == 0 {
             return None;
         }
-        // k-th usable endpoint; the common no-ejection case is a plain index.
+        // k-th usable endpoint; the common case (nothing skipped) is a plain index.
         let nth = |slots: &[Slot], k: usize| -> usize {
-            if ejected == 0 {
+            if skipped == 0 {
                 k
             } else {
                 (0..slots.len())
-                    .filter(|&i| !slots[i].outlier.is_ejected())
+                    .filter(|&i| !skip(&slots[i]))
                     .nth(k)
                     .unwrap_or(0)
             }
@@ -191,13 +203,13 @@ impl State {
                 let start = self.rr_next % n;
                 let i = (0..n)
                     .map(|k| (start + k) % n)
-                    .find(|&i| !self.slots[i].outlier.is_ejected())?;
+                    .find(|&i| !skip(&self.slots[i]))?;
                 self.rr_next = i + 1;
                 Some(i)
             }
             (LoadBalancerType::ConsistentHash, Some(key)) => {
                 let slots = &self.slots;
-                self.ring.lookup(key, |i| !slots[i].outlier.is_ejected())
+                self.ring.lookup(key, |i| !skip(&slots[i]))
             }
             (LoadBalancerType::Random | LoadBalancerType::ConsistentHash, _) => {
                 let k = self.rng.gen_range(0..usable);

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ambit_core::hbone::REASON_HEADER;
-use ambit_core::meshconfig::route::HeaderChanges;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -25,8 +24,10 @@ use crate::state::{State, Target};
 use crate::telemetry::{Record, Trace, TRACEPARENT};
 
 mod forward;
+mod headers;
 
 pub use forward::Forwarded;
+pub use headers::{add_forwarded, apply_headers, strip_hop_by_hop};
 
 /// Istio-style name of a Service: `name.namespace.svc.cluster.local`.
 fn fqdn(ns: &str, name: &str) -> String {
@@ -41,58 +42,6 @@ pub fn local_reply(status: StatusCode, reason: &str) -> Response<Body> {
         .header("content-type", "text/plain")
         .body(body::full(format!("{reason}\n")))
         .expect("local reply is well-formed")
-}
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Drops hop-by-hop headers (and those `Connection` names); keeps `te: trailers` (gRPC).
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
-    }
-    if h.get("te").is_some_and(|v| v != "trailers") {
-        h.remove("te");
-    }
-}
-
-pub fn apply_headers(h: &mut HeaderMap, changes: Option<&HeaderChanges>) {
-    let Some(c) = changes else { return };
-    // Names and values were validated when the route was loaded.
-    let pairs = |m: &std::collections::BTreeMap<String, String>| -> Vec<(HeaderName, HeaderValue)> {
-        m.iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    HeaderName::from_bytes(k.as_bytes()).ok()?,
-                    HeaderValue::from_str(v).ok()?,
-                ))
-            })
-            .collect()
-    };
-    for (k, v) in pairs(&c.set) {
-        h.insert(k, v);
-    }
-    for (k, v) in pairs(&c.add) {
-        h.append(k, v);
-    }
-    for k in &c.remove {
-        h.remove(k.as_str());
-    }
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -284,6 +233,9 @@ pub async fn handle(
         apply_headers(&mut parts.headers, r.spec.request_headers.as_ref());
     }
     parts.headers.insert(TRACEPARENT, trace.header());
+    if let Some(caller) = t.caller {
+        add_forwarded(&mut parts.headers, caller);
+    }
 
     if let Some(on_upgrade) = on_upgrade {
         let (resp, upstream, flag) =

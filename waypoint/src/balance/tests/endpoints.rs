@@ -116,3 +116,29 @@ fn shrinking_the_list_never_leaves_only_ejected_endpoints() {
     let ejected: Vec<Endpoint> = b.ejected().into_iter().map(|s| s.endpoint).collect();
     assert_eq!(ejected, vec![ep(3)], "ep 2 was due back first");
 }
+
+#[test]
+fn retries_avoid_tried_endpoints_even_when_they_look_best() {
+    use LoadBalancerType::*;
+    for lb in [LeastRequest, RoundRobin, Random] {
+        let (b, _) = backend(Some(policy(lb)), eps(3));
+        // ep(1) answers fast (a fast 503 looks like a great endpoint to P2C).
+        for _ in 0..20 {
+            pick_endpoint(&b, &ep(1)).finish(Outcome::Response {
+                status: 503,
+                latency: Duration::from_micros(100),
+            });
+        }
+        let tried = [ep(1).addr, ep(2).addr];
+        for _ in 0..50 {
+            assert_eq!(
+                b.pick_avoiding(None, &tried).unwrap().endpoint,
+                ep(3),
+                "{lb:?}"
+            );
+        }
+        // Every endpoint tried: the choice falls back to all of them.
+        let all = [ep(1).addr, ep(2).addr, ep(3).addr];
+        assert!(b.pick_avoiding(None, &all).is_ok());
+    }
+}

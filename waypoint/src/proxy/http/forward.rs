@@ -31,9 +31,6 @@ fn rebuild(parts: &Parts, body: Body) -> Request<Body> {
     req
 }
 
-/// Picks made to find an endpoint a request has not tried yet.
-const REPICKS: usize = 3;
-
 pub struct Forwarded<'a> {
     pub shared: &'a Arc<Shared>,
     pub backend: &'a Arc<Backend>,
@@ -152,21 +149,13 @@ impl Forwarded<'_> {
         timeout: Option<Duration>,
         tried: &mut Vec<SocketAddr>,
     ) -> Try {
-        let mut pick = match self.backend.pick(hash_key) {
+        // Retries go to an endpoint not tried yet when there is one (Envoy's previous_hosts);
+        // a consistent-hash request stays on its endpoint.
+        let avoid: &[SocketAddr] = if hash_key.is_some() { &[] } else { tried };
+        let pick = match self.backend.pick_avoiding(hash_key, avoid) {
             Ok(p) => p,
             Err(u) => return Try::Unavailable(u),
         };
-        // Retries prefer endpoints not tried yet (Envoy's previous_hosts predicate): a few
-        // re-picks, each dropping the unwanted pick (dropped = cancelled, no verdict).
-        for _ in 0..REPICKS {
-            if hash_key.is_some() || !tried.contains(&pick.endpoint.addr) {
-                break;
-            }
-            match self.backend.pick(None) {
-                Ok(p) => pick = p,
-                Err(_) => break,
-            }
-        }
         tried.push(pick.endpoint.addr);
         let started = Instant::now();
         let send =
