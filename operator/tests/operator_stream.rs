@@ -14,7 +14,7 @@ use std::time::Duration;
 use ambit_apisim::ApiServer;
 use ambit_core::control::proto::{ClientMessage, Subscribe, Update};
 use ambit_core::control::{operator_identity, Endpoint};
-use ambit_operator::crd::{Mesh, Waypoint};
+use ambit_operator::crd::{Mesh, TrafficRoute, Waypoint};
 use ambit_operator::runtime::run;
 use apisim_common::{client_for, eventually, install, options};
 use control_common::RawStream;
@@ -289,6 +289,75 @@ async fn proxies_get_the_compiled_mesh_deltas_and_survive_an_operator_restart() 
         control_common::Opened::Refused(code, _) => assert_eq!(code, 403),
         control_common::Opened::Stream(_) => panic!("a waypoint subscribed to a node's config"),
     }
+    // A canary route on a Service the waypoint serves reaches the waypoint; changing its
+    // weights pushes that route alone.
+    let ratings = json!({"metadata": {"name": "ratings", "namespace": "shop",
+            "labels": {"ambit.dev/use-waypoint": "shop-waypoint"}},
+        "spec": {"selector": {"app": "reviews"}, "ports": [{"port": 9080, "targetPort": 9080}]}});
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(ratings).unwrap(),
+        )
+        .await
+        .unwrap();
+    let route = |v1: u32, v2: u32| -> TrafficRoute {
+        serde_json::from_value(
+            json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "TrafficRoute",
+            "metadata": {"name": "ratings-canary", "namespace": "shop"},
+            "spec": {"targetRef": {"kind": "Service", "name": "ratings"}, "rules": [{"backends": [
+                {"subset": {"version": "v1"}, "weight": v1},
+                {"subset": {"version": "v2"}, "weight": v2}]}]}}),
+        )
+        .unwrap()
+    };
+    let routes: Api<TrafficRoute> = Api::namespaced(client.clone(), "shop");
+    routes
+        .create(&PostParams::default(), &route(90, 10))
+        .await
+        .unwrap();
+    let mut wp_held = BTreeMap::new();
+    apply(&mut wp_stream, &mut wp_held, &wp_first);
+    let route_key = "routes/shop/ratings-canary";
+    let programmed = loop {
+        let u = wp_stream
+            .update(Duration::from_secs(10))
+            .await
+            .expect("route reaches the waypoint");
+        apply(&mut wp_stream, &mut wp_held, &u);
+        if let Some(r) = u.upserts.iter().find(|r| r.key == route_key) {
+            break r.body.clone();
+        }
+    };
+    assert_eq!(
+        programmed["rules"][0]["backends"][0]["weight"], 90,
+        "{programmed}"
+    );
+    routes
+        .patch(
+            "ratings-canary",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rules": [{"backends": [
+            {"subset": {"version": "v1"}, "weight": 50},
+            {"subset": {"version": "v2"}, "weight": 50}]}]}})),
+        )
+        .await
+        .unwrap();
+    let delta = wp_stream
+        .update(Duration::from_secs(10))
+        .await
+        .expect("weight change");
+    assert_eq!(
+        keys(&delta),
+        vec![route_key.to_string()],
+        "only the route changes: {delta:?}"
+    );
+    assert!(delta.removes.is_empty() && !delta.full, "{delta:?}");
+    assert_eq!(
+        delta.upserts[0].body["rules"][0]["backends"][1]["weight"],
+        50
+    );
+
     // The waypoint pod and its ztunnel change the node config; take that in before the restart.
     while let Some(u) = stream.update(Duration::from_millis(800)).await {
         apply(&mut stream, &mut held, &u);
