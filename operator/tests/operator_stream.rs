@@ -60,14 +60,18 @@ async fn pod(
 /// A token for `ns/sa` bound to `pod`, with the audience proxies use, written to a file.
 async fn token_file(client: &Client, dir: &Path, ns: &str, sa: &str, pod: &str) -> PathBuf {
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    if sas.get_opt(sa).await.unwrap().is_none() {
-        let obj = json!({"metadata": {"name": sa, "namespace": ns}});
-        sas.create(
+    // The operator may be creating it at the same moment (a waypoint's ServiceAccount).
+    let obj = json!({"metadata": {"name": sa, "namespace": ns}});
+    match sas
+        .create(
             &PostParams::default(),
             &serde_json::from_value(obj).unwrap(),
         )
         .await
-        .unwrap();
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating ServiceAccount {ns}/{sa}: {e}"),
     }
     let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
         "spec": {"audiences": ["ambit"], "expirationSeconds": 3600,
