@@ -8,6 +8,7 @@ mod demo;
 mod demo_app;
 mod error;
 mod http_get;
+mod local;
 mod manifest;
 mod output;
 mod prom;
@@ -122,6 +123,17 @@ enum Local {
     /// Builds nodes and pods as network namespaces with a ztunnel per node, runs demo
     /// traffic through the mesh and shows that it is mTLS; cleans everything up on exit.
     Demo(demo::DemoArgs),
+    /// Starts the sandbox: API server, operator, nodes with ztunnel and node agent, the demo
+    /// app through the real CNI plugin; shows the mesh working. It keeps running until `down`.
+    Up(local::UpArgs),
+    /// Stops and removes a sandbox (processes, network namespaces, bridge, state); idempotent.
+    Down(local::DownArgs),
+    /// What a sandbox runs: processes, Mesh/Waypoint conditions, nodes, captured pods.
+    Status(local::StatusArgs),
+    #[command(hide = true, name = "__apisim")]
+    Apisim(local::ApisimArgs),
+    #[command(hide = true, name = "__operator")]
+    Operator(local::OperatorArgs),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -179,9 +191,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Ztunnel { args } => ambit_ztunnel::cli::main_with_args(args),
         Command::DemoApp(args) => runtime()?.block_on(demo_app::run(args)),
-        Command::Local {
-            command: Local::Demo(args),
-        } => demo::run(args),
+        Command::Local { command } => match command {
+            Local::Demo(args) => demo::run(args),
+            Local::Up(args) => local::up(args),
+            Local::Down(args) => local::down(args),
+            Local::Status(args) => local::status(args),
+            Local::Apisim(args) => local::apisim(args),
+            Local::Operator(args) => local::operator(args),
+        },
     }
 }
 

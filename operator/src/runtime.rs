@@ -145,7 +145,13 @@ pub async fn run(
         .await
         .with_context(|| format!("health endpoint {}", opts.health))?;
 
-    let mesh = wait_for_mesh(&client).await?;
+    let mesh = tokio::select! {
+        mesh = wait_for_mesh(&client) => mesh?,
+        _ = stop.changed() => {
+            health.abort();
+            return Ok(());
+        }
+    };
     let ca = Arc::new(load_or_create_ca(&client, &opts.namespace, &mesh.spec.trust_domain).await?);
     let leaf_ttl = mesh
         .spec
@@ -182,15 +188,20 @@ pub async fn run(
 
     let (leading_tx, leading_rx) = watch::channel(!opts.leader_elect);
     let (stop_election_tx, stop_election_rx) = watch::channel(false);
-    let election = opts.leader_elect.then(|| {
+    // Without election this replica always leads; the sender stays alive (held in
+    // `_always_leading`) so the channel never reads as a lost lease.
+    let (election, _always_leading) = if opts.leader_elect {
         let elector = LeaderElector::new(
             Api::<Lease>::namespaced(client.clone(), &opts.namespace),
             "ambit-operator",
             &opts.pod_name,
             opts.lease.clone(),
         );
-        tokio::spawn(elector.run(leading_tx, stop_election_rx))
-    });
+        let task = tokio::spawn(elector.run(leading_tx, stop_election_rx));
+        (Some(task), None)
+    } else {
+        (None, Some(leading_tx))
+    };
 
     let (published_tx, mut published_rx) = watch::channel(Published::default());
     let compile = tokio::spawn(meshstate::run(

@@ -340,3 +340,44 @@ fn check_calls_against_chart_rbac(server: &ApiServerHandle) {
         panic!("operator/tests/api-calls.txt was stale and has been rewritten; review and commit it:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_election_it_reconciles_and_it_stops_even_before_a_mesh_exists() {
+    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = client_for(&server);
+    install(&client, &[("ambit-system", json!({}))]).await;
+
+    // No Mesh yet: the operator waits for one, and a stop request still ends it promptly.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut opts = options("127.0.0.1:0".parse().unwrap());
+    opts.leader_elect = false;
+    let waiting = tokio::spawn(run(operator_client(&server), opts.clone(), stop_rx));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop_tx.send(true);
+    let result = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+
+    // A single replica without election reconciles (and keeps running).
+    let mesh: Mesh =
+        serde_json::from_value(json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh",
+        "metadata": {"name": "default"}, "spec": {}}))
+        .unwrap();
+    Api::<Mesh>::all(client.clone())
+        .create(&PostParams::default(), &mesh)
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let operator = tokio::spawn(run(operator_client(&server), opts, stop_rx));
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "ambit-system");
+    eventually("ztunnel DaemonSet", || async {
+        ds.get_opt("ztunnel").await.unwrap()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!operator.is_finished(), "the operator stopped on its own");
+    let _ = stop_tx.send(true);
+    let result = tokio::time::timeout(Duration::from_secs(10), operator).await;
+    assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
+}
