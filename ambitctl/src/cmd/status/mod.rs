@@ -217,8 +217,7 @@ async fn warnings(client: &kube::Client) -> Result<Vec<Warning>> {
                 .into_iter()
                 .flatten()
             {
-                let bad = c["status"] == "False"
-                    || (k.kind == "Mesh" && c["type"] == "Ready" && c["status"] != "True");
+                let bad = condition_is_a_problem(c);
                 if bad {
                     out.push(Warning {
                         kind: k.kind.into(),
@@ -306,5 +305,40 @@ mod tests {
         let d = json!({"routes": {"bookinfo/reviews": {}}});
         assert_eq!(routes_in(&d).unwrap(), vec!["bookinfo/reviews"]);
         assert_eq!(routes_in(&json!({"x": 1})), None);
+    }
+}
+
+/// Most conditions are healthy when True; `Degraded` and `Progressing` (abnormal-true, as
+/// in Deployments) are healthy when False, and a rollout under way is not a problem either.
+fn condition_is_a_problem(c: &Value) -> bool {
+    match c["type"].as_str() {
+        Some("Degraded") => c["status"] == "True",
+        Some("Progressing") => false,
+        _ => c["status"] == "False",
+    }
+}
+
+#[cfg(test)]
+mod condition_tests {
+    use super::condition_is_a_problem;
+    use serde_json::json;
+
+    #[test]
+    fn healthy_mesh_conditions_are_not_warnings() {
+        for (t, s, bad) in [
+            ("Ready", "True", false),
+            ("Ready", "False", true),
+            ("Progressing", "False", false),
+            ("Progressing", "True", false),
+            ("Degraded", "False", false),
+            ("Degraded", "True", true),
+            ("Programmed", "False", true),
+        ] {
+            assert_eq!(
+                condition_is_a_problem(&json!({"type": t, "status": s})),
+                bad,
+                "{t}={s}"
+            );
+        }
     }
 }
