@@ -3,18 +3,33 @@
 //! `ambit-bench l4 [--quick] [--out PATH]` runs the L4 benchmark (see [`l4`]).
 //! `ambit-bench cni [--pods N] [--quick] [--out PATH]` runs the CNI ADD-to-ready benchmark
 //! (see [`cni`]).
+//! `ambit-bench control-plane [--pods N ...] [--out PATH]` runs the operator-scale benchmark
+//! (see [`control_plane`]); `ambit-bench cp-operator` (hidden) is its operator process.
 //! `ambit-bench cni-plugin` (hidden) is the `ambit-cni` plugin, run by the CNI benchmark as a
 //! container runtime would, so the plugin is a separate process from the same build.
+//! `ambit-bench waypoint [--quick] [--out PATH]` runs the waypoint (L7) benchmark (see
+//! [`waypoint`]).
+//! `ambit-bench waypoint-proxy ARGS...` (hidden) runs the waypoint itself, as the `waypoint`
+//! binary would, so the waypoint benchmark's proxy is a separate process from the same build.
 //! `ambit-bench ztunnel ARGS...` (hidden) runs a ztunnel: the benchmark re-executes itself
 //! that way for each node, so the ztunnels are separate processes whose CPU and memory can be
 //! read from /proc while one `cargo run` does everything.
 #![forbid(unsafe_code)]
 
 mod cni;
+mod control_plane;
+mod cp_compile;
+mod cp_objects;
+mod cp_operator;
+mod cp_propagation;
+mod http_load;
 mod l4;
 mod load;
 mod procstat;
 mod stats;
+mod waypoint;
+mod wp_env;
+mod wp_report;
 
 use std::ffi::OsStr;
 use std::process::ExitCode;
@@ -40,6 +55,13 @@ enum Cmd {
     /// CNI benchmark: time from a CNI ADD to the pod being captured and ready (p50/p99 over
     /// N pods), via the plugin process and straight to the node agent. Needs root.
     Cni(cni::Args),
+    /// Control-plane benchmark: compile cost at scale, propagation from an API change to
+    /// every node's config stream (p50/p99), operator memory. No root needed.
+    ControlPlane(control_plane::Args),
+    /// Waypoint benchmark: the L7 hop's added latency, CPU and memory at 1000 req/s (HTTP/1.1
+    /// and HTTP/2) and maximum throughput, against the same requests sent straight to the
+    /// backend over HBONE. Needs root.
+    Waypoint(waypoint::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,12 +69,31 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("cni-plugin")) {
         cni::plugin_main();
     }
+    // The operator child of the control-plane benchmark.
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(cp_operator::SUBCOMMAND)) {
+        return match cp_operator::operator_main(std::env::args_os().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("operator: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The ztunnel children must not parse the bench's own arguments.
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("ztunnel")) {
         return match ambit_ztunnel::cli::main_with_args(std::env::args_os().skip(2)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ztunnel: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new("waypoint-proxy")) {
+        return match ambit_waypoint::cli::main_with_args(std::env::args_os().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("waypoint: {e:#}");
                 ExitCode::FAILURE
             }
         };
@@ -68,6 +109,18 @@ fn main() -> ExitCode {
         Cmd::Cni(args) => cni::run(&args).and_then(|value| {
             println!("{}", serde_json::to_string_pretty(&value)?);
             cni::write_result(&args.out, &value)?;
+            eprintln!("result written to {}", args.out.display());
+            Ok(())
+        }),
+        Cmd::Waypoint(args) => waypoint::run(&args).and_then(|value| {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            l4::write_result(&args.out, &value)?;
+            eprintln!("result written to {}", args.out.display());
+            Ok(())
+        }),
+        Cmd::ControlPlane(args) => control_plane::run(&args).and_then(|value| {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            control_plane::write_result(&args.out, &value)?;
             eprintln!("result written to {}", args.out.display());
             Ok(())
         }),
