@@ -53,6 +53,21 @@ impl std::fmt::Display for Stale {
     }
 }
 
+/// `value` with every object's keys in sorted order, recursively.
+fn sorted(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted).collect())
+        }
+        other => other,
+    }
+}
+
 /// The file name of a CRD: `<plural>.<group>.yaml`.
 pub fn file_name(crd: &CustomResourceDefinition) -> String {
     format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or_default())
@@ -65,7 +80,11 @@ pub fn files() -> Result<Vec<GeneratedFile>, GenerateError> {
     for dir in CRD_DIRS {
         for crd in &crds {
             let name = file_name(crd);
-            let yaml = serde_yaml::to_string(crd).map_err(|source| GenerateError::Yaml {
+            // Key order must not depend on serde_json's `preserve_order` feature, which cargo
+            // turns on for whole-workspace builds (another crate enables it) but not for
+            // `-p ambit-operator`: schema defaults are serde_json maps.
+            let value = sorted(serde_json::to_value(crd).expect("a CRD serializes to JSON"));
+            let yaml = serde_yaml::to_string(&value).map_err(|source| GenerateError::Yaml {
                 name: name.clone(),
                 source,
             })?;
