@@ -71,13 +71,7 @@ fn compile_one(
 ) -> (Placement, Vec<ConditionUpdate>) {
     use ConditionStatus::{False, True};
     let ns = ap.namespace().unwrap_or_default();
-    let errs = ap.spec.validate();
-    if !errs.is_empty() {
-        let msg = errs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
+    if let Some(msg) = ap.spec.problems() {
         return (
             Placement::Nowhere,
             vec![

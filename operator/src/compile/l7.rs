@@ -86,14 +86,10 @@ const KIND_ROUTE: &str = "TrafficRoute";
 const KIND_BACKEND_POLICY: &str = "BackendPolicy";
 
 fn check(errs: Vec<ValidationError>) -> Result<(), MapError> {
-    if errs.is_empty() {
-        return Ok(());
+    match crate::crd::join_errors(&errs) {
+        None => Ok(()),
+        Some(message) => Err(message),
     }
-    Err(errs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; "))
 }
 
 /// One object of either kind, as far as placement and status are concerned.

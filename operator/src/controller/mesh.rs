@@ -110,13 +110,7 @@ async fn apply(mesh: &Mesh, ctx: &Context, api: &Api<Mesh>) -> Result<Action, Er
     let name = mesh.name_any();
     let generation = mesh.meta().generation;
     let previous = mesh.status.clone().unwrap_or_default();
-    let problems = mesh.spec.validate();
-    if !problems.is_empty() {
-        let message = problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
+    if let Some(message) = mesh.spec.problems() {
         let status = MeshStatus {
             observed_generation: generation,
             conditions: conditions(

@@ -33,13 +33,7 @@ pub async fn reconcile(wp: Arc<Waypoint>, ctx: Arc<Context>) -> Result<Action, E
     let generation = wp.meta().generation;
     let previous = wp.status.clone().unwrap_or_default();
 
-    let problems = wp.spec.validate();
-    if !problems.is_empty() {
-        let message = problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
+    if let Some(message) = wp.spec.problems() {
         let status = WaypointStatus {
             observed_generation: generation,
             conditions: conditions(

@@ -67,4 +67,20 @@ impl ValidationError {
 pub trait Validate {
     /// Every rule the object breaks (empty when valid), with paths rooted at `spec`.
     fn validate(&self) -> Vec<ValidationError>;
+
+    /// The broken rules as one message for a status condition (`None` when valid).
+    fn problems(&self) -> Option<String> {
+        join_errors(&self.validate())
+    }
+}
+
+/// Validation errors as one `; `-separated message (`None` when there are none).
+pub fn join_errors(errors: &[ValidationError]) -> Option<String> {
+    (!errors.is_empty()).then(|| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
