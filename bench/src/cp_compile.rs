@@ -8,8 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use ambit_core::control::held::Held;
 use ambit_core::control::proto::{encode, ServerMessage, Target, Update};
-use ambit_core::control::resources::{delta, ResourceSet};
+use ambit_core::control::resources::{canonical, delta_between, Resource, ResourceSet};
 use ambit_operator::compile::{compile, Snapshot};
 use ambit_operator::control::ConfigServer;
 use anyhow::{ensure, Context};
@@ -86,15 +87,24 @@ pub fn run(objs: &Objects, reps: usize) -> anyhow::Result<Value> {
     let (published, publish_full) = timed(|| server.publish(&target, &base.config));
     published.context("publishing the full config")?;
     let base_resources = ResourceSet::from_config(&base.config)?;
-    let full_update = encode(&ServerMessage::Update(Update {
+    let full_state = Update {
         version: 1,
         full: true,
-        upserts: base_resources.0.values().cloned().collect(),
+        upserts: base_resources
+            .0
+            .values()
+            .map(|r| Resource::clone(r))
+            .collect(),
         removes: Vec::new(),
-    }));
-    let mut held = base_resources.versions();
+    };
+    let full_update = encode(&ServerMessage::Update(full_state.clone()));
+    let mut prev = base_resources.clone();
+    // What a proxy holds and assembles (core's config-stream client state).
+    let mut proxy = Held::empty()?;
+    proxy.apply(&full_state, |_| Ok(()))?;
 
-    let (mut recompile, mut publish, mut delta_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut recompile, mut publish, mut delta_t, mut apply_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut delta_bytes, mut delta_upserts) = (Vec::new(), Vec::new());
     let mut last = base.config.clone();
     for step in 0..reps {
@@ -106,28 +116,38 @@ pub fn run(objs: &Objects, reps: usize) -> anyhow::Result<Value> {
             compiled.config != last,
             "a pod label change did not change the config"
         );
-        let (version, t) = timed(|| server.publish(&target, &compiled.config));
-        version.context("publishing the changed config")?;
-        publish.push(t);
-        // What the config server's stream does for a proxy that holds the previous state:
-        // resources of the new state, the difference to what the proxy ACKed, the message.
-        let (sent, t) = timed(|| {
+        // Once per compile, whatever the number of nodes: the resources, shared by every
+        // node's target.
+        let (set, t) = timed(|| {
             let set = ResourceSet::from_config(&compiled.config)?;
-            let d = delta(&held, &set);
-            let upserts = d.upserts.len();
-            let update = encode(&ServerMessage::Update(Update {
+            server.publish_set(std::slice::from_ref(&target), set.clone());
+            anyhow::Ok(set)
+        });
+        let set = set.context("publishing the changed config")?;
+        publish.push(t);
+        // Once per version: the update from the ACKed state, shared by every proxy that holds it.
+        let (update, t) = timed(|| {
+            let d = delta_between(&prev, &set);
+            Update {
                 version: 2 + step as u64,
                 full: false,
                 upserts: d.upserts,
                 removes: d.removes,
-            }));
-            anyhow::Ok((update.len(), upserts, set.versions()))
+            }
         });
-        let (bytes, upserts, versions) = sent?;
+        let bytes = encode(&ServerMessage::Update(update.clone()));
         delta_t.push(t);
-        delta_bytes.push(bytes);
-        delta_upserts.push(upserts);
-        held = versions;
+        delta_bytes.push(bytes.len());
+        delta_upserts.push(update.upserts.len());
+        // Per proxy: apply the update to what it holds.
+        let (applied, t) = timed(|| proxy.apply(&update, |_| Ok(())));
+        let config = applied?;
+        ensure!(
+            *config == canonical(&compiled.config)?,
+            "the proxy assembled a different config"
+        );
+        apply_t.push(t);
+        prev = set;
         last = compiled.config;
     }
 
@@ -149,8 +169,9 @@ pub fn run(objs: &Objects, reps: usize) -> anyhow::Result<Value> {
         },
         "per_pod_change": {
             "recompile": summary_ms(&recompile),
-            "publish_per_target": summary_ms(&publish),
-            "delta_compute": summary_ms(&delta_t),
+            "resources_and_publish_once_for_all_nodes": summary_ms(&publish),
+            "delta_compute_once_per_version": summary_ms(&delta_t),
+            "proxy_apply": summary_ms(&apply_t),
             "delta_bytes_max": delta_bytes.iter().max().copied().unwrap_or(0),
             "delta_bytes_p50": median(&mut delta_bytes),
             "delta_upserts_max": delta_upserts.iter().max().copied().unwrap_or(0),

@@ -29,6 +29,12 @@ struct OperatorArgs {
 /// The hidden `cp-operator` subcommand (`args` excludes the program and subcommand names).
 pub fn operator_main(args: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
     let args = OperatorArgs::parse_from(std::iter::once(SUBCOMMAND.into()).chain(args));
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -60,7 +60,7 @@ async fn subscribe_gets_full_state_then_only_deltas() {
 
     // Change b, drop c: exactly that travels.
     let mut next = config(&["a", "b"]);
-    next.workloads[1].healthy = false;
+    std::sync::Arc::make_mut(&mut next.workloads[1]).healthy = false;
     let v2 = env.publisher.publish(&n1(), &next).unwrap();
     assert!(v2 > first.version);
     let u = s.update(WAIT).await.expect("delta");
@@ -294,4 +294,49 @@ async fn client_validates_acks_and_resumes_across_server_restarts() {
         .map(|w| w.name.clone())
         .collect();
     assert_eq!(names, ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn nodes_published_together_share_one_version_and_each_get_only_the_change() {
+    let env = Env::start("stream-shared").await;
+    let nodes: Vec<Target> = ["node/n1", "node/n2"]
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let v1 = env.publisher.publish_set(
+        &nodes,
+        ResourceSet::from_config(&config(&["a", "b"])).unwrap(),
+    );
+    let mut s1 = RawStream::subscribe(&env.endpoint(ZTUNNEL_N1), subscribe("node/n1")).await;
+    let mut s2 = RawStream::subscribe(&env.endpoint(ZTUNNEL_N2), subscribe("node/n2")).await;
+    for s in [&mut s1, &mut s2] {
+        let u = s.update(WAIT).await.expect("initial state");
+        assert_eq!((u.version, u.full, u.upserts.len()), (v1, true, 3));
+        s.tell(ClientMessage::Ack { version: v1 });
+    }
+    // Let both ACKs land, so the next update is computed from the ACKed version.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut next = config(&["a", "b"]);
+    std::sync::Arc::make_mut(&mut next.workloads[0]).healthy = false;
+    let v2 = env
+        .publisher
+        .publish_set(&nodes, ResourceSet::from_config(&next).unwrap());
+    assert!(v2 > v1);
+    assert_eq!(env.publisher.version(&nodes[0]), Some(v2));
+    assert_eq!(env.publisher.version(&nodes[1]), Some(v2));
+    for s in [&mut s1, &mut s2] {
+        let u = s.update(WAIT).await.expect("delta");
+        assert_eq!((u.version, u.full), (v2, false));
+        assert_eq!(keys(&u), ["workloads/prod/a"]);
+        assert!(u.removes.is_empty());
+        s.tell(ClientMessage::Ack { version: v2 });
+    }
+    // The same state again, to both: nothing new, nothing sent.
+    let again = env
+        .publisher
+        .publish_set(&nodes, ResourceSet::from_config(&next).unwrap());
+    assert_eq!(again, v2);
+    assert!(s1.update(Duration::from_millis(300)).await.is_none());
+    assert!(s2.update(Duration::from_millis(100)).await.is_none());
 }

@@ -38,7 +38,7 @@ pub type ServiceKey = (String, String);
 
 #[derive(Debug)]
 pub struct Workload {
-    pub spec: WorkloadSpec,
+    pub spec: std::sync::Arc<WorkloadSpec>,
     pub identity: Identity,
 }
 

@@ -205,7 +205,7 @@ fn stream_mode_carries_mtls_applies_updates_nacks_bad_ones_and_survives_operator
     // A config the state builder rejects (a workload with an invalid service account, plus
     // the DENY) is NACKed by both ztunnels; the allowing config stays in force.
     let mut bad = deny.clone();
-    bad.workloads[0].service_account = "not a valid name".into();
+    std::sync::Arc::make_mut(&mut bad.workloads[0]).service_account = "not a valid name".into();
     op.publish(&m, &bad);
     assert!(
         eventually(Duration::from_secs(10), || op.nacks() == 2),

@@ -12,8 +12,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::held::Held;
 use super::proto::{encode, ClientMessage, LineDecoder, ServerMessage, Subscribe, Target, Update};
-use super::resources::ResourceSet;
 use super::{refused, request, ControlError, Endpoint, STREAM_PATH};
 use crate::meshconfig::MeshConfig;
 
@@ -71,7 +71,7 @@ pub struct ConfigStream {
 
 struct Worker {
     opts: StreamOptions,
-    held: ResourceSet,
+    held: Held,
     version: Option<u64>,
     config: Option<watch::Sender<Arc<MeshConfig>>>,
     first: Option<oneshot::Sender<watch::Receiver<Arc<MeshConfig>>>>,
@@ -86,7 +86,7 @@ impl ConfigStream {
         let (status_tx, status) = watch::channel(StreamStatus::default());
         let worker = Worker {
             opts,
-            held: ResourceSet::default(),
+            held: Held::empty().expect("an empty config assembles"),
             version: None,
             config: None,
             first: Some(first_tx),
@@ -144,7 +144,7 @@ impl Worker {
             .map_err(proto)?;
         let subscribe = ClientMessage::Subscribe(Subscribe {
             target: self.opts.target.clone(),
-            known: self.held.versions(),
+            known: self.held.resources.versions(),
             last_version: self.version,
         });
         out.send_data(encode(&subscribe), false).map_err(proto)?;
@@ -156,7 +156,7 @@ impl Worker {
         if parts.status != http::StatusCode::OK {
             return Err(refused(parts.status, body).await);
         }
-        info!(target_ = %self.opts.target, known = self.held.0.len(), "config stream subscribed");
+        info!(target_ = %self.opts.target, known = self.held.resources.0.len(), "config stream subscribed");
         self.status.send_modify(|s| {
             s.connected = true;
             s.subscriptions += 1;
@@ -198,13 +198,8 @@ impl Worker {
     }
 
     fn apply(&mut self, u: Update, out: &mut SendStream<Bytes>) -> Result<(), ControlError> {
-        let mut candidate = self.held.clone();
-        candidate.apply(&u.upserts, &u.removes, u.full);
-        let checked = candidate
-            .to_config()
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| (self.opts.validate)(&cfg).map(|()| cfg));
-        let reply = match checked {
+        let validate = self.opts.validate.clone();
+        let reply = match self.held.apply(&u, |cfg| validate(cfg)) {
             Ok(cfg) => {
                 info!(
                     version = u.version,
@@ -212,9 +207,7 @@ impl Worker {
                     removes = u.removes.len(),
                     "config update applied"
                 );
-                self.held = candidate;
                 self.version = Some(u.version);
-                let cfg = Arc::new(cfg);
                 match &self.config {
                     Some(tx) => {
                         tx.send_replace(cfg);
@@ -234,6 +227,7 @@ impl Worker {
                 ClientMessage::Ack { version: u.version }
             }
             Err(error) => {
+                let error = error.to_string();
                 warn!(version = u.version, %error, "config update rejected (NACK); keeping the last good config");
                 self.status.send_modify(|s| {
                     s.rejected += 1;

@@ -9,6 +9,7 @@
 
 pub mod ca_client;
 pub mod client;
+pub mod held;
 pub mod proto;
 pub mod resources;
 pub mod tls;

@@ -166,6 +166,9 @@ pub enum FrameError {
 #[derive(Default)]
 pub struct LineDecoder {
     buf: BytesMut,
+    /// Bytes of `buf` already searched for a newline: a multi-megabyte message arrives in
+    /// many chunks, and rescanning from the start each time made decoding quadratic.
+    scanned: usize,
 }
 
 impl LineDecoder {
@@ -176,12 +179,18 @@ impl LineDecoder {
     /// The next complete message, if one is buffered.
     pub fn next_message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
         loop {
-            let Some(end) = self.buf.iter().position(|&b| b == b'\n') else {
+            let Some(end) = self.buf[self.scanned..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| self.scanned + i)
+            else {
                 if self.buf.len() > MAX_MESSAGE {
                     return Err(FrameError::TooLarge);
                 }
+                self.scanned = self.buf.len();
                 return Ok(None);
             };
+            self.scanned = 0;
             let line = self.buf.split_to(end + 1);
             let line = &line[..end];
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -203,6 +212,30 @@ mod tests {
         }
         for bad in ["node/", "node/a/b", "waypoint/x", "pod/a", "waypoint//x"] {
             assert!(bad.parse::<Target>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn messages_split_at_any_chunk_size_decode_in_order() {
+        let msgs = vec![
+            ClientMessage::Heartbeat,
+            ClientMessage::Ack { version: 3 },
+            ClientMessage::Nack {
+                version: 4,
+                error: "x".repeat(100),
+            },
+        ];
+        let wire: Vec<u8> = msgs.iter().flat_map(|m| encode(m).to_vec()).collect();
+        for chunk in [1, 2, 7, 64, wire.len()] {
+            let mut dec = LineDecoder::default();
+            let mut got = vec![];
+            for piece in wire.chunks(chunk) {
+                dec.push(piece);
+                while let Some(m) = dec.next_message::<ClientMessage>().unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got, msgs, "chunk size {chunk}");
         }
     }
 

@@ -7,6 +7,7 @@
 //! change. Reassembly orders each list by key (the canonical form both sides agree on).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -32,6 +33,8 @@ pub enum ResourceError {
     Shape(String),
     #[error("resource {key:?}: its kind {kind:?} does not match its key; expected {kind}/...")]
     KindMismatch { key: String, kind: String },
+    #[error("resources of kind {0:?} are not known to this proxy (the control plane is newer: upgrade the proxy)")]
+    UnknownKind(String),
     #[error("resources do not assemble into a mesh config (an older proxy receiving a kind it does not know fails here too): {0}")]
     Assemble(serde_json::Error),
 }
@@ -48,6 +51,17 @@ fn version_of(body: &Value) -> String {
 }
 
 impl Resource {
+    /// Fails unless the key is `kind/...`.
+    pub fn check_kind(&self) -> Result<(), ResourceError> {
+        match self.key.strip_prefix(self.kind.as_str()) {
+            Some(rest) if rest.starts_with('/') => Ok(()),
+            _ => Err(ResourceError::KindMismatch {
+                key: self.key.clone(),
+                kind: self.kind.clone(),
+            }),
+        }
+    }
+
     pub fn new(kind: &str, key: String, body: Value) -> Self {
         Self {
             kind: kind.to_string(),
@@ -58,9 +72,11 @@ impl Resource {
     }
 }
 
-/// A full state as resources, by key.
+/// A full state as resources, by key. Resources are shared: sets that differ in a few
+/// resources (successive versions, each waypoint's extension of the node config) share the
+/// rest instead of copying it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ResourceSet(pub BTreeMap<String, Resource>);
+pub struct ResourceSet(pub BTreeMap<String, Arc<Resource>>);
 
 fn element_key(kind: &str, elem: &Value) -> String {
     let field = |f: &str| elem.get(f).and_then(Value::as_str);
@@ -77,7 +93,7 @@ impl ResourceSet {
         let Value::Object(fields) = value else {
             return Err(ResourceError::Shape(format!("got {value}")));
         };
-        let mut out = BTreeMap::new();
+        let mut set = Self::default();
         let mut globals = Map::new();
         for (field, v) in fields {
             let Value::Array(items) = v else {
@@ -86,50 +102,73 @@ impl ResourceSet {
             };
             // An empty placeholder keeps the list present when it has no resources.
             globals.insert(field.clone(), Value::Array(vec![]));
-            for item in items {
-                let base = element_key(&field, &item);
-                let mut key = base.clone();
-                // Duplicates (invalid upstream, but never silently merged): #2, #3, ...
-                let mut n = 1;
-                while out.contains_key(&key) {
-                    n += 1;
-                    key = format!("{base}#{n}");
-                }
-                out.insert(key.clone(), Resource::new(&field, key, item));
-            }
+            set.push_items(&field, items);
         }
         let g = Resource::new(GLOBALS, GLOBALS.to_string(), Value::Object(globals));
-        out.insert(GLOBALS.to_string(), g);
-        Ok(Self(out))
+        set.0.insert(GLOBALS.to_string(), Arc::new(g));
+        Ok(set)
+    }
+
+    /// Appends elements to the list `kind`, exactly as if they had ended that list in the
+    /// config this set was made from (a waypoint's config is the node config plus policies).
+    pub fn extend_list<T: Serialize>(
+        &mut self,
+        kind: &str,
+        items: &[T],
+    ) -> Result<(), ResourceError> {
+        let items = items
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ResourceError::Shape(e.to_string()))?;
+        self.push_items(kind, items);
+        Ok(())
+    }
+
+    fn push_items(&mut self, kind: &str, items: Vec<Value>) {
+        for item in items {
+            let base = element_key(kind, &item);
+            let mut key = base.clone();
+            // Duplicates (invalid upstream, but never silently merged): #2, #3, ...
+            let mut n = 1;
+            while self.0.contains_key(&key) {
+                n += 1;
+                key = format!("{base}#{n}");
+            }
+            self.0
+                .insert(key.clone(), Arc::new(Resource::new(kind, key, item)));
+        }
+    }
+
+    /// Whether both hold the same keys at the same versions (cheap: no bodies compared).
+    pub fn same_versions(&self, other: &ResourceSet) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .all(|((ka, a), (kb, b))| ka == kb && (Arc::ptr_eq(a, b) || a.version == b.version))
     }
 
     /// Reassembles the config; lists come out in key order.
     pub fn to_config(&self) -> Result<MeshConfig, ResourceError> {
-        let mut obj = match self.0.get(GLOBALS).map(|g| &g.body) {
-            Some(Value::Object(m)) => m.clone(),
-            _ => Map::new(),
-        };
+        let no_globals = Value::Object(Map::new());
+        let globals = self.0.get(GLOBALS).map_or(&no_globals, |g| &g.body);
+        let mut cfg = MeshConfig::deserialize(globals).map_err(ResourceError::Assemble)?;
+        let mut lists: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
         for r in self.0.values().filter(|r| r.kind != GLOBALS) {
-            if !r.key.starts_with(&format!("{}/", r.kind)) {
-                return Err(ResourceError::KindMismatch {
-                    key: r.key.clone(),
-                    kind: r.kind.clone(),
-                });
-            }
-            let list = obj
-                .entry(r.kind.clone())
-                .or_insert_with(|| Value::Array(vec![]));
-            match list {
-                Value::Array(items) => items.push(r.body.clone()),
-                _ => {
-                    return Err(ResourceError::KindMismatch {
-                        key: r.key.clone(),
-                        kind: r.kind.clone(),
-                    })
-                }
+            r.check_kind()?;
+            lists.entry(&r.kind).or_default().push(&r.body);
+        }
+        for (kind, items) in lists {
+            if !cfg
+                .set_list(kind, items.into_iter())
+                .map_err(ResourceError::Assemble)?
+            {
+                return Err(ResourceError::UnknownKind(kind.to_string()));
             }
         }
-        serde_json::from_value(Value::Object(obj)).map_err(ResourceError::Assemble)
+        Ok(cfg)
     }
 
     /// Key -> version of everything held (what a reconnecting proxy reports).
@@ -149,7 +188,7 @@ impl ResourceSet {
             self.0.remove(key);
         }
         for r in upserts {
-            self.0.insert(r.key.clone(), r.clone());
+            self.0.insert(r.key.clone(), Arc::new(r.clone()));
         }
     }
 }
@@ -172,7 +211,7 @@ pub fn delta(known: &BTreeMap<String, String>, target: &ResourceSet) -> Delta {
         .0
         .values()
         .filter(|r| known.get(&r.key) != Some(&r.version))
-        .cloned()
+        .map(|r| Resource::clone(r))
         .collect();
     let removes = known
         .keys()
@@ -182,6 +221,44 @@ pub fn delta(known: &BTreeMap<String, String>, target: &ResourceSet) -> Delta {
     Delta { upserts, removes }
 }
 
+/// [`delta`] between two sets, in one ordered walk over both (the common case on the server:
+/// every proxy holds a version it ACKed).
+pub fn delta_between(from: &ResourceSet, to: &ResourceSet) -> Delta {
+    use std::cmp::Ordering;
+    let mut d = Delta::default();
+    let (mut a, mut b) = (from.0.iter().peekable(), to.0.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return d,
+            (Some((ka, _)), None) => {
+                d.removes.push((*ka).clone());
+                a.next();
+            }
+            (None, Some((_, rb))) => {
+                d.upserts.push(Resource::clone(rb));
+                b.next();
+            }
+            (Some((ka, ra)), Some((kb, rb))) => match ka.cmp(kb) {
+                Ordering::Less => {
+                    d.removes.push((*ka).clone());
+                    a.next();
+                }
+                Ordering::Greater => {
+                    d.upserts.push(Resource::clone(rb));
+                    b.next();
+                }
+                Ordering::Equal => {
+                    if !Arc::ptr_eq(ra, rb) && ra.version != rb.version {
+                        d.upserts.push(Resource::clone(rb));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
 /// `cfg` with every list in key order: what a proxy reassembles from the stream.
 pub fn canonical(cfg: &MeshConfig) -> Result<MeshConfig, ResourceError> {
     ResourceSet::from_config(cfg)?.to_config()
@@ -189,4 +266,4 @@ pub fn canonical(cfg: &MeshConfig) -> Result<MeshConfig, ResourceError> {
 
 #[cfg(test)]
 #[path = "resources_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -59,7 +60,7 @@ fn policy() -> impl Strategy<Value = PolicySpec> {
     })
 }
 
-fn config() -> impl Strategy<Value = MeshConfig> {
+pub(crate) fn config() -> impl Strategy<Value = MeshConfig> {
     (
         prop::collection::vec(workload(), 0..8),
         prop::collection::vec(service(), 0..4),
@@ -74,7 +75,7 @@ fn config() -> impl Strategy<Value = MeshConfig> {
             } else {
                 MtlsMode::Permissive
             },
-            workloads,
+            workloads: workloads.into_iter().map(Arc::new).collect(),
             services,
             policies,
             ..Default::default()
@@ -128,11 +129,11 @@ fn a_changed_workload_is_the_only_upsert() {
         healthy: true,
         waypoint: None,
     };
-    cfg.workloads = vec![w("a", 1), w("b", 2)];
+    cfg.workloads = vec![Arc::new(w("a", 1)), Arc::new(w("b", 2))];
     let before = ResourceSet::from_config(&cfg).unwrap();
     assert!(before.0.contains_key("workloads/default/a"));
     assert!(before.0.contains_key(GLOBALS));
-    cfg.workloads[1].healthy = false;
+    Arc::make_mut(&mut cfg.workloads[1]).healthy = false;
     let d = delta(&before.versions(), &ResourceSet::from_config(&cfg).unwrap());
     let keys: Vec<&str> = d.upserts.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(keys, ["workloads/default/b"]);

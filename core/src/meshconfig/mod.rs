@@ -5,12 +5,16 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 pub mod backend;
+mod lists;
 
 pub mod route;
+
+pub use lists::ListEdit;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -21,8 +25,10 @@ pub struct MeshConfig {
     /// mTLS mode for workloads that don't set their own.
     #[serde(default)]
     pub default_mtls_mode: MtlsMode,
+    /// Shared, so that copying a config to change a few workloads (what a proxy does for each
+    /// streamed update) copies pointers, not 10,000 workloads.
     #[serde(default)]
-    pub workloads: Vec<WorkloadSpec>,
+    pub workloads: Vec<Arc<WorkloadSpec>>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
     #[serde(default)]

@@ -4,6 +4,7 @@
 //! in a fixed order (by namespace, then name), so config versions only change when the cluster does.
 
 mod authz;
+mod index;
 mod l7;
 mod l7_map;
 mod mtls;
@@ -107,8 +108,9 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
         .map(|m| m.spec.cni.exclude_namespaces.clone())
         .unwrap_or_default();
 
-    let services = services::compile(snapshot, &excluded);
-    let workloads = workloads::compile(snapshot, &excluded, default_mtls_mode);
+    let index = index::Index::new(snapshot);
+    let services = services::compile(snapshot, &index, &excluded);
+    let workloads = workloads::compile(snapshot, &index, &excluded, default_mtls_mode);
     let authz = authz::compile(snapshot, &services);
     let l7 = l7::compile(snapshot, &services);
 
@@ -121,7 +123,7 @@ pub fn compile(snapshot: &Snapshot) -> Compiled {
         config: MeshConfig {
             trust_domain,
             default_mtls_mode,
-            workloads,
+            workloads: workloads.into_iter().map(std::sync::Arc::new).collect(),
             services,
             policies: authz.policies,
             backend_policies: l7.backend_policies,

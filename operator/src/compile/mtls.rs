@@ -9,27 +9,19 @@ use ambit_core::meshconfig::MtlsMode;
 use kube::ResourceExt;
 
 use super::conditions::{ACCEPTED, REASON_ACCEPTED};
-use super::{selects, Snapshot, StatusOutcome};
+use super::index::Index;
+use super::{selects, StatusOutcome};
 use crate::crd::common::{ConditionStatus, ConditionUpdate};
 use crate::crd::peer_authentication::PeerMtlsMode;
 use crate::crd::{PeerAuthentication, ROOT_NAMESPACE};
 
 pub(super) fn mode_for(
-    snapshot: &Snapshot,
+    index: &Index<'_>,
     ns: &str,
     labels: &BTreeMap<String, String>,
     default: MtlsMode,
 ) -> MtlsMode {
-    let in_ns = |ns: &str| {
-        let mut v: Vec<&PeerAuthentication> = snapshot
-            .peer_authentications
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns))
-            .collect();
-        v.sort_by_key(|p| (p.creation_timestamp().map(|t| t.0), p.name_any()));
-        v
-    };
-    let local = in_ns(ns);
+    let local = index.peer_authentications(ns);
     let workload_level = local.iter().copied().find(|p| {
         p.spec
             .selector
@@ -37,7 +29,7 @@ pub(super) fn mode_for(
             .is_some_and(|s| !s.match_labels.is_empty() && selects(&s.match_labels, labels))
     });
     let namespace_level = local.iter().copied().find(|p| is_namespace_wide(p));
-    let root = in_ns(ROOT_NAMESPACE);
+    let root = index.peer_authentications(ROOT_NAMESPACE);
     let mesh_level = root.iter().copied().find(|p| is_namespace_wide(p));
     [workload_level, namespace_level, mesh_level]
         .into_iter()

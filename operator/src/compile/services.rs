@@ -9,23 +9,28 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::workloads::{enrolled_namespaces, pod_is_live};
+use super::index::Index;
+use super::workloads::enrolled_namespaces;
 use super::{selects, Snapshot, USE_WAYPOINT_LABEL};
 use crate::crd::waypoint::WaypointServes;
 
-pub(super) fn compile(snapshot: &Snapshot, excluded: &[String]) -> Vec<ServiceSpec> {
+pub(super) fn compile(
+    snapshot: &Snapshot,
+    index: &Index<'_>,
+    excluded: &[String],
+) -> Vec<ServiceSpec> {
     let enrolled = enrolled_namespaces(snapshot, excluded);
     let mut out: Vec<ServiceSpec> = snapshot
         .services
         .iter()
         .filter(|s| enrolled.contains(s.namespace().unwrap_or_default().as_str()))
-        .filter_map(|s| compile_one(snapshot, s))
+        .filter_map(|s| compile_one(snapshot, index, s))
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     out
 }
 
-fn compile_one(snapshot: &Snapshot, svc: &Service) -> Option<ServiceSpec> {
+fn compile_one(snapshot: &Snapshot, index: &Index<'_>, svc: &Service) -> Option<ServiceSpec> {
     let ns = svc.namespace().unwrap_or_default();
     let spec = svc.spec.as_ref()?;
     let ips: Vec<String> = match &spec.cluster_ips {
@@ -38,7 +43,7 @@ fn compile_one(snapshot: &Snapshot, svc: &Service) -> Option<ServiceSpec> {
         return None;
     }
     let selector: BTreeMap<String, String> = spec.selector.clone().unwrap_or_default();
-    let pods = selected_pods(snapshot, &ns, &selector);
+    let pods = selected_pods(index, &ns, &selector);
     let ports = spec
         .ports
         .iter()
@@ -73,8 +78,9 @@ fn compile_one(snapshot: &Snapshot, svc: &Service) -> Option<ServiceSpec> {
     })
 }
 
+/// Live pods the selector picks, by name.
 fn selected_pods<'a>(
-    snapshot: &'a Snapshot,
+    index: &Index<'a>,
     ns: &str,
     selector: &BTreeMap<String, String>,
 ) -> Vec<&'a Pod> {
@@ -82,14 +88,12 @@ fn selected_pods<'a>(
         // A Service without a selector has manually managed endpoints, not pods.
         return Vec::new();
     }
-    let mut pods: Vec<&Pod> = snapshot
-        .pods
+    index
+        .live_pods(ns)
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns) && pod_is_live(p))
+        .copied()
         .filter(|p| selects(selector, p.labels()))
-        .collect();
-    pods.sort_by_key(|p| p.name_any());
-    pods
+        .collect()
 }
 
 /// The number of a named container port, from the first selected pod (by name) that has it.

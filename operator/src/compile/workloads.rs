@@ -8,6 +8,7 @@ use ambit_core::meshconfig::{MtlsMode, WaypointRef, WorkloadSpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
+use super::index::Index;
 use super::services::{find_waypoint, namespace_label};
 use super::{mtls, selects, Snapshot, DATAPLANE_MODE_LABEL, USE_WAYPOINT_LABEL};
 use crate::crd::waypoint::WaypointServes;
@@ -36,6 +37,7 @@ pub(super) fn pod_is_live(pod: &Pod) -> bool {
 
 pub(super) fn compile(
     snapshot: &Snapshot,
+    index: &Index<'_>,
     excluded: &[String],
     default_mode: MtlsMode,
 ) -> Vec<WorkloadSpec> {
@@ -44,7 +46,12 @@ pub(super) fn compile(
     let mut pods: Vec<&Pod> = snapshot
         .pods
         .iter()
-        .filter(|p| enrolled.contains(p.namespace().unwrap_or_default().as_str()))
+        .filter(|p| {
+            p.metadata
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| enrolled.contains(ns))
+        })
         .filter(|p| pod_is_live(p))
         .filter(|p| {
             !p.spec
@@ -55,17 +62,18 @@ pub(super) fn compile(
         .collect();
     // Pods still terminating first lose their IP to a live pod that already reuses it: ztunnel
     // refuses a config where two workloads share an address.
-    pods.sort_by_key(|p| {
+    let order = |p: &Pod| {
         (
             p.metadata.deletion_timestamp.is_some(),
-            p.namespace(),
-            p.name_any(),
+            p.metadata.namespace.clone(),
+            p.metadata.name.clone(),
         )
-    });
+    };
+    pods.sort_by_cached_key(|p| order(p));
     let mut seen_ips = BTreeSet::new();
     let mut out = Vec::new();
     for pod in pods {
-        let Some(w) = compile_one(snapshot, pod, default_mode, &waypoint_selectors) else {
+        let Some(w) = compile_one(snapshot, index, pod, default_mode, &waypoint_selectors) else {
             continue;
         };
         if !seen_ips.insert(w.ip) {
@@ -81,6 +89,7 @@ pub(super) fn compile(
 
 fn compile_one(
     snapshot: &Snapshot,
+    index: &Index<'_>,
     pod: &Pod,
     default_mode: MtlsMode,
     waypoint_selectors: &[(String, BTreeMap<String, String>)],
@@ -111,7 +120,7 @@ fn compile_one(
         node,
         netns: None,
         captured: labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) != Some("none"),
-        mtls_mode: Some(mtls::mode_for(snapshot, &ns, &labels, default_mode)),
+        mtls_mode: Some(mtls::mode_for(index, &ns, &labels, default_mode)),
         healthy,
         waypoint: if is_waypoint {
             None

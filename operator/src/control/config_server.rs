@@ -5,33 +5,29 @@
 //! Per stream, at most one update is in flight: the next one is computed when the proxy ACKs
 //! or NACKs, from the latest published state. A slow proxy therefore gets the published
 //! states coalesced, and nothing queues up for it.
+//!
+//! Built for many proxies holding the same state: targets published together share one
+//! snapshot (resources are shared, never copied per node), and the encoded update from a
+//! version to the next is computed once and sent to every proxy that held that version.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ambit_core::control::proto::{
-    encode, ClientMessage, LineDecoder, ServerMessage, Subscribe, Target, Update,
-};
-use ambit_core::control::resources::{delta, ResourceError, ResourceSet};
+use ambit_core::control::proto::{LineDecoder, Subscribe, Target};
+use ambit_core::control::resources::{ResourceError, ResourceSet};
 use ambit_core::meshconfig::MeshConfig;
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{debug, info};
 
 use super::auth::Caller;
 use super::metrics::ControlMetrics;
-
-/// One published state of a target.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub version: u64,
-    pub resources: ResourceSet,
-}
+pub use super::stream_session::Snapshot;
+use super::stream_session::{Held, Session};
 
 /// A NACK a proxy sent, kept until that proxy ACKs a later version (shown in status).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -52,17 +48,17 @@ pub struct ProxyStatus {
     pub acked_version: Option<u64>,
 }
 
-type Targets = HashMap<Target, watch::Sender<Option<Arc<Snapshot>>>>;
+pub(super) type Targets = HashMap<Target, watch::Sender<Option<Arc<Snapshot>>>>;
 
-struct Inner {
-    targets: Mutex<Targets>,
-    next_version: AtomicU64,
-    next_session: AtomicU64,
-    sessions: Mutex<BTreeMap<u64, ProxyStatus>>,
-    nacks: Mutex<BTreeMap<(String, String), NackRecord>>,
-    metrics: Arc<ControlMetrics>,
-    heartbeat: Duration,
-    peer_timeout: Duration,
+pub(super) struct Inner {
+    pub(super) targets: Mutex<Targets>,
+    pub(super) next_version: AtomicU64,
+    pub(super) next_session: AtomicU64,
+    pub(super) sessions: Mutex<BTreeMap<u64, ProxyStatus>>,
+    pub(super) nacks: Mutex<BTreeMap<(String, String), NackRecord>>,
+    pub(super) metrics: Arc<ControlMetrics>,
+    pub(super) heartbeat: Duration,
+    pub(super) peer_timeout: Duration,
 }
 
 /// Publishes configs to subscribed proxies (cheap to clone).
@@ -104,19 +100,44 @@ impl ConfigServer {
     /// current state, which then is not sent again).
     pub fn publish(&self, target: &Target, cfg: &MeshConfig) -> Result<u64, ResourceError> {
         let resources = ResourceSet::from_config(cfg)?;
-        let mut targets = self.inner.targets.lock().expect("targets lock");
-        let tx = targets
-            .entry(target.clone())
-            .or_insert_with(|| watch::channel(None).0);
-        if let Some(cur) = tx.borrow().as_ref() {
-            if cur.resources == resources {
-                return Ok(cur.version);
+        Ok(self.publish_set(std::slice::from_ref(target), resources))
+    }
+
+    /// Makes `resources` the state of every target in `targets`, as one shared snapshot.
+    /// Targets already holding the same state keep theirs (and are not sent anything).
+    /// Returns the version the targets hold now (the new one if any target changed).
+    pub fn publish_set(&self, targets: &[Target], resources: ResourceSet) -> u64 {
+        let resources = Arc::new(resources);
+        let mut fresh: Option<Arc<Snapshot>> = None;
+        let mut unchanged_version = None;
+        // Targets published together usually hold one shared state: compare it once.
+        let mut compared: HashMap<*const ResourceSet, bool> = HashMap::new();
+        let mut map = self.inner.targets.lock().expect("targets lock");
+        for target in targets {
+            let tx = map
+                .entry(target.clone())
+                .or_insert_with(|| watch::channel(None).0);
+            if let Some(cur) = tx.borrow().as_ref() {
+                let same = *compared
+                    .entry(Arc::as_ptr(&cur.resources))
+                    .or_insert_with(|| cur.resources.same_versions(&resources));
+                if same {
+                    unchanged_version.get_or_insert(cur.version);
+                    continue;
+                }
             }
+            let snap = fresh.get_or_insert_with(|| {
+                let version = self.inner.next_version.fetch_add(1, Ordering::SeqCst) + 1;
+                Arc::new(Snapshot::new(version, resources.clone()))
+            });
+            tx.send_replace(Some(snap.clone()));
+            debug!(%target, version = snap.version, "config published");
         }
-        let version = self.inner.next_version.fetch_add(1, Ordering::SeqCst) + 1;
-        tx.send_replace(Some(Arc::new(Snapshot { version, resources })));
-        debug!(%target, version, "config published");
-        Ok(version)
+        match (fresh, unchanged_version) {
+            (Some(snap), _) => snap.version,
+            (None, Some(v)) => v,
+            (None, None) => self.inner.next_version.load(Ordering::SeqCst),
+        }
     }
 
     /// The latest published version of `target`.
@@ -163,7 +184,7 @@ impl ConfigServer {
             target,
             proxy,
             send,
-            acked: sub.known,
+            held: Held::Reported(sub.known),
             inflight: None,
             last_sent: None,
         };
@@ -201,188 +222,5 @@ impl Drop for SessionGuard {
             .lock()
             .expect("sessions lock")
             .remove(&self.id);
-    }
-}
-
-struct Session {
-    inner: Arc<Inner>,
-    id: u64,
-    target: Target,
-    proxy: String,
-    send: SendStream<Bytes>,
-    /// What the proxy holds (reported at subscribe, then as ACKed).
-    acked: BTreeMap<String, String>,
-    /// The update awaiting ACK/NACK and what the proxy holds once it is applied.
-    inflight: Option<(u64, BTreeMap<String, String>)>,
-    last_sent: Option<u64>,
-}
-
-/// Reads the proxy's messages on their own task so a half-read line never gets lost.
-fn spawn_reader(
-    mut decoder: LineDecoder,
-    mut body: RecvStream,
-) -> (
-    mpsc::Receiver<Result<ClientMessage, String>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = mpsc::channel(8);
-    let task = tokio::spawn(async move {
-        loop {
-            loop {
-                match decoder.next_message::<ClientMessage>() {
-                    Ok(Some(m)) => {
-                        if tx.send(Ok(m)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string())).await;
-                        return;
-                    }
-                }
-            }
-            match body.data().await {
-                Some(Ok(chunk)) => {
-                    let _ = body.flow_control().release_capacity(chunk.len());
-                    decoder.push(&chunk);
-                }
-                Some(Err(e)) => {
-                    let _ = tx.send(Err(e.to_string())).await;
-                    return;
-                }
-                None => return,
-            }
-        }
-    });
-    (rx, task)
-}
-
-impl Session {
-    async fn run(
-        &mut self,
-        latest: watch::Receiver<Option<Arc<Snapshot>>>,
-        decoder: LineDecoder,
-        body: RecvStream,
-    ) -> String {
-        let (incoming, reader) = spawn_reader(decoder, body);
-        let end = self.exchange(latest, incoming).await;
-        // Both directions end together: the proxy sees the reset and reconnects.
-        reader.abort();
-        self.send.send_reset(h2::Reason::CANCEL);
-        end
-    }
-
-    async fn exchange(
-        &mut self,
-        mut latest: watch::Receiver<Option<Arc<Snapshot>>>,
-        mut incoming: mpsc::Receiver<Result<ClientMessage, String>>,
-    ) -> String {
-        let mut heartbeat = tokio::time::interval(self.inner.heartbeat);
-        let mut last_seen = Instant::now();
-        latest.mark_changed();
-        loop {
-            let deadline = last_seen + self.inner.peer_timeout;
-            tokio::select! {
-                changed = latest.changed(), if self.inflight.is_none() => {
-                    if changed.is_err() {
-                        return "config server dropped".into();
-                    }
-                    let snap = latest.borrow_and_update().clone();
-                    if let Some(snap) = snap {
-                        if self.last_sent != Some(snap.version) {
-                            if let Err(e) = self.send_update(&snap) {
-                                return e;
-                            }
-                        }
-                    }
-                }
-                msg = incoming.recv() => match msg {
-                    None => return "proxy closed the stream".into(),
-                    Some(Err(e)) => return format!("bad message from proxy: {e}"),
-                    Some(Ok(m)) => {
-                        last_seen = Instant::now();
-                        self.handle(m);
-                    }
-                },
-                _ = heartbeat.tick() => {
-                    if let Err(e) = self.send_data(encode(&ServerMessage::Heartbeat)) {
-                        return e;
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    return format!("no message from the proxy for {:?}", self.inner.peer_timeout);
-                }
-            }
-        }
-    }
-
-    fn send_data(&mut self, b: Bytes) -> Result<(), String> {
-        self.send
-            .send_data(b, false)
-            .map_err(|e| format!("sending to the proxy: {e}"))
-    }
-
-    fn send_update(&mut self, snap: &Snapshot) -> Result<(), String> {
-        let d = delta(&self.acked, &snap.resources);
-        let update = Update {
-            version: snap.version,
-            full: self.acked.is_empty(),
-            upserts: d.upserts,
-            removes: d.removes,
-        };
-        debug!(target = %self.target, proxy = %self.proxy, version = update.version,
-            upserts = update.upserts.len(), removes = update.removes.len(), "sending config update");
-        self.send_data(encode(&ServerMessage::Update(update)))?;
-        self.inner.metrics.count_update("sent");
-        self.inflight = Some((snap.version, snap.resources.versions()));
-        self.last_sent = Some(snap.version);
-        Ok(())
-    }
-
-    fn handle(&mut self, msg: ClientMessage) {
-        let inflight = self.inflight.as_ref().map(|(v, _)| *v);
-        match msg {
-            ClientMessage::Heartbeat => {}
-            ClientMessage::Subscribe(_) => {
-                warn!(proxy = %self.proxy, "second Subscribe on one stream ignored");
-            }
-            ClientMessage::Ack { version } if Some(version) == inflight => {
-                let (_, held) = self.inflight.take().expect("checked");
-                self.acked = held;
-                self.inner.metrics.count_update("ack");
-                let key = (self.target.to_string(), self.proxy.clone());
-                self.inner.nacks.lock().expect("nacks lock").remove(&key);
-                if let Some(s) = self
-                    .inner
-                    .sessions
-                    .lock()
-                    .expect("sessions lock")
-                    .get_mut(&self.id)
-                {
-                    s.acked_version = Some(version);
-                }
-            }
-            ClientMessage::Nack { version, error } if Some(version) == inflight => {
-                self.inflight = None;
-                self.inner.metrics.count_update("nack");
-                warn!(target = %self.target, proxy = %self.proxy, version, %error, "proxy rejected config (NACK)");
-                let record = NackRecord {
-                    target: self.target.to_string(),
-                    proxy: self.proxy.clone(),
-                    version,
-                    error,
-                };
-                let key = (record.target.clone(), record.proxy.clone());
-                self.inner
-                    .nacks
-                    .lock()
-                    .expect("nacks lock")
-                    .insert(key, record);
-            }
-            ClientMessage::Ack { version } | ClientMessage::Nack { version, .. } => {
-                debug!(proxy = %self.proxy, version, ?inflight, "stale ACK/NACK ignored");
-            }
-        }
     }
 }

@@ -12,6 +12,7 @@ mod http;
 pub mod kube_review;
 pub mod metrics;
 pub mod serving;
+mod stream_session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,17 +6,18 @@
 //! Nothing is published until every cache has its initial list: publishing a half-loaded
 //! cluster would make proxies drop workloads they are serving.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ambit_core::control::proto::Target;
+use ambit_core::control::resources::ResourceSet;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -49,7 +50,18 @@ pub struct Caches {
     pub backend_policies: Store<BackendPolicy>,
 }
 
-fn spawn_cache<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+/// Which changes of an object can change the compiled config.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relevant {
+    /// Anything (Pods: their IP and readiness are in status; labels select them).
+    Everything,
+    /// Spec changes only (`metadata.generation`): the Ambit objects, whose status the
+    /// operator itself writes after each compile. Without this filter every status write
+    /// would trigger another full compile.
+    Generation,
+}
+
+fn spawn_cache<K>(api: Api<K>, changed: Arc<Notify>, relevant: Relevant) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
@@ -57,13 +69,30 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+        .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
+        let mut generations: HashMap<ObjectRef<K>, i64> = HashMap::new();
         while let Some(item) = stream.next().await {
             match item {
-                Ok(_) => changed.notify_one(),
+                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                    if relevant == Relevant::Generation {
+                        if let Some(generation) = obj.meta().generation {
+                            let seen = generations.insert(ObjectRef::from_obj(&obj), generation);
+                            if seen == Some(generation) {
+                                continue;
+                            }
+                        }
+                    }
+                    changed.notify_one();
+                }
+                Ok(watcher::Event::Delete(obj)) => {
+                    generations.remove(&ObjectRef::from_obj(&obj));
+                    changed.notify_one();
+                }
+                // A relist: objects deleted meanwhile leave the store when it completes.
+                Ok(watcher::Event::Init) => generations.clear(),
+                Ok(watcher::Event::InitDone) => changed.notify_one(),
                 // The watcher retries with backoff; the cache keeps its last state meanwhile.
                 Err(error) => debug!(%error, "watch interrupted"),
             }
@@ -74,17 +103,26 @@ where
 
 impl Caches {
     pub fn start(client: &Client, changed: Arc<Notify>) -> Caches {
+        use Relevant::{Everything, Generation};
         Caches {
-            namespaces: spawn_cache(Api::all(client.clone()), changed.clone()),
-            nodes: spawn_cache(Api::all(client.clone()), changed.clone()),
-            pods: spawn_cache(Api::all(client.clone()), changed.clone()),
-            services: spawn_cache(Api::all(client.clone()), changed.clone()),
-            meshes: spawn_cache(Api::all(client.clone()), changed.clone()),
-            waypoints: spawn_cache(Api::all(client.clone()), changed.clone()),
-            peer_authentications: spawn_cache(Api::all(client.clone()), changed.clone()),
-            authorization_policies: spawn_cache(Api::all(client.clone()), changed.clone()),
-            traffic_routes: spawn_cache(Api::all(client.clone()), changed.clone()),
-            backend_policies: spawn_cache(Api::all(client.clone()), changed),
+            namespaces: spawn_cache(Api::all(client.clone()), changed.clone(), Everything),
+            nodes: spawn_cache(Api::all(client.clone()), changed.clone(), Everything),
+            pods: spawn_cache(Api::all(client.clone()), changed.clone(), Everything),
+            services: spawn_cache(Api::all(client.clone()), changed.clone(), Everything),
+            meshes: spawn_cache(Api::all(client.clone()), changed.clone(), Generation),
+            waypoints: spawn_cache(Api::all(client.clone()), changed.clone(), Generation),
+            peer_authentications: spawn_cache(
+                Api::all(client.clone()),
+                changed.clone(),
+                Generation,
+            ),
+            authorization_policies: spawn_cache(
+                Api::all(client.clone()),
+                changed.clone(),
+                Generation,
+            ),
+            traffic_routes: spawn_cache(Api::all(client.clone()), changed.clone(), Generation),
+            backend_policies: spawn_cache(Api::all(client.clone()), changed, Generation),
         }
     }
 
@@ -183,18 +221,46 @@ pub async fn run(
     let mut generation = 0;
     loop {
         generation += 1;
-        let snapshot = caches.snapshot();
-        let compiled = compile::compile(&snapshot);
-        let nodes = caches.node_names();
-        let mut failed = false;
-        for node in &nodes {
-            if let Err(error) = config.publish(&Target::Node(node.clone()), &compiled.config) {
-                warn!(%node, %error, "could not publish config; proxies keep the last one");
-                failed = true;
+        // The compile is CPU work of up to a few hundred ms at 10,000 pods: off the async
+        // workers, which keep serving config streams and the CA meanwhile.
+        let started = Instant::now();
+        let cached = caches.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            let snapshot = cached.snapshot();
+            let compiled = compile::compile(&snapshot);
+            let base = ResourceSet::from_config(&compiled.config);
+            (snapshot, compiled, base)
+        });
+        let (snapshot, compiled, base) = match work.await {
+            Ok(done) => done,
+            Err(error) => {
+                warn!(%error, "the compile task failed; proxies keep the last config");
+                changed.notified().await;
+                continue;
             }
-        }
-        let waypoints = publish_waypoints(&config, &snapshot, &compiled);
-        if !failed {
+        };
+        let nodes = caches.node_names();
+        let published_ok = match base {
+            Ok(base) => {
+                // One resource set for every node (they all get the same config).
+                let targets: Vec<Target> = nodes.iter().cloned().map(Target::Node).collect();
+                config.publish_set(&targets, base.clone());
+                let waypoints = publish_waypoints(&config, &snapshot, &compiled, &base);
+                Some(waypoints)
+            }
+            Err(error) => {
+                warn!(%error, "could not publish config; proxies keep the last one");
+                None
+            }
+        };
+        info!(
+            generation,
+            workloads = compiled.config.workloads.len(),
+            nodes = nodes.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "mesh config compiled and published"
+        );
+        if let Some(waypoints) = published_ok {
             published.send_replace(Published {
                 generation,
                 nodes: nodes.len(),
@@ -210,28 +276,35 @@ pub async fn run(
     }
 }
 
-/// Each waypoint gets the mesh config plus the policies it enforces.
-fn publish_waypoints(config: &ConfigServer, snapshot: &Snapshot, compiled: &Compiled) -> usize {
+/// Each waypoint gets the mesh config plus the policies it enforces: the nodes' resources
+/// (shared, not copied) with those policies appended.
+fn publish_waypoints(
+    config: &ConfigServer,
+    snapshot: &Snapshot,
+    compiled: &Compiled,
+    base: &ResourceSet,
+) -> usize {
     let mut count = 0;
     for wp in &snapshot.waypoints {
         let (Some(ns), Some(name)) = (wp.metadata.namespace.clone(), wp.metadata.name.clone())
         else {
             continue;
         };
-        let mut cfg = compiled.config.clone();
-        cfg.policies.extend(
-            compiled
-                .waypoint_policies
-                .iter()
-                .filter(|p| p.namespace == ns)
-                .cloned(),
-        );
+        let own: Vec<_> = compiled
+            .waypoint_policies
+            .iter()
+            .filter(|p| p.namespace == ns)
+            .collect();
+        let mut set = base.clone();
         let target = Target::Waypoint {
             namespace: ns,
             name,
         };
-        match config.publish(&target, &cfg) {
-            Ok(_) => count += 1,
+        match set.extend_list("policies", &own) {
+            Ok(()) => {
+                config.publish_set(std::slice::from_ref(&target), set);
+                count += 1;
+            }
             Err(error) => warn!(?target, %error, "could not publish waypoint config"),
         }
     }

@@ -177,7 +177,7 @@ pub fn config(names: &[&str]) -> MeshConfig {
         trust_domain: "cluster.local".into(),
         workloads: names
             .iter()
-            .map(|n| workload(n, "n1", ip_octet(n)))
+            .map(|n| std::sync::Arc::new(workload(n, "n1", ip_octet(n))))
             .collect(),
         ..Default::default()
     }
