@@ -48,7 +48,7 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 /// Snapshot with the label of pod `index` set to `value` (what a pod change looks like).
 fn with_pod_label(base: &Snapshot, index: usize, value: &str) -> Snapshot {
     let mut s = base.clone();
-    let pod = &mut s.pods[index];
+    let pod = std::sync::Arc::make_mut(&mut s.pods[index]);
     pod.metadata
         .labels
         .get_or_insert_with(Default::default)

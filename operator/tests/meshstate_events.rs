@@ -91,7 +91,10 @@ async fn status_writes_do_not_wake_the_compiler_but_spec_changes_do() {
 
     // A pod's status (its IP) matters: it wakes the compiler.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "prod");
-    let pod = json!({"metadata": {"name": "p", "namespace": "prod"},
+    let pod = json!({"metadata": {"name": "p", "namespace": "prod",
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}", "keep": "me"},
+            "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1",
+                "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}]},
         "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "demo"}]}});
     pods.create(
         &PostParams::default(),

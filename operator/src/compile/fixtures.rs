@@ -1,5 +1,7 @@
 //! Small builders for the objects of a snapshot, written as the JSON the API server returns.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use serde_json::{json, Value};
 
@@ -9,16 +11,16 @@ fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).expect("fixture is a valid object")
 }
 
-pub fn ambient_ns(name: &str) -> Namespace {
+pub fn ambient_ns(name: &str) -> Arc<Namespace> {
     ns(name, json!({"ambit.dev/dataplane-mode": "ambient"}))
 }
 
-pub fn ns(name: &str, labels: Value) -> Namespace {
+pub fn ns(name: &str, labels: Value) -> Arc<Namespace> {
     from(json!({"metadata": {"name": name, "labels": labels}}))
 }
 
 /// A running, ready pod on node-1 with service account `sa-<name>` and an `http` container port 8080.
-pub fn pod(ns: &str, name: &str, ip: &str, labels: Value) -> Pod {
+pub fn pod(ns: &str, name: &str, ip: &str, labels: Value) -> Arc<Pod> {
     from(json!({
         "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": labels},
         "spec": {
@@ -47,14 +49,14 @@ pub fn patch<T: serde::Serialize + serde::de::DeserializeOwned>(obj: T, p: Value
     from(v)
 }
 
-pub fn svc(ns: &str, name: &str, ip: &str, selector: Value, ports: Value) -> Service {
+pub fn svc(ns: &str, name: &str, ip: &str, selector: Value, ports: Value) -> Arc<Service> {
     from(json!({
         "metadata": {"name": name, "namespace": ns},
         "spec": {"clusterIP": ip, "clusterIPs": [ip], "selector": selector, "ports": ports}
     }))
 }
 
-pub fn waypoint(ns: &str, name: &str, serves: &str) -> Waypoint {
+pub fn waypoint(ns: &str, name: &str, serves: &str) -> Arc<Waypoint> {
     from(json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "Waypoint",
         "metadata": {"name": name, "namespace": ns},
@@ -62,7 +64,7 @@ pub fn waypoint(ns: &str, name: &str, serves: &str) -> Waypoint {
     }))
 }
 
-pub fn peer_auth(ns: &str, name: &str, spec: Value, created: &str) -> PeerAuthentication {
+pub fn peer_auth(ns: &str, name: &str, spec: Value, created: &str) -> Arc<PeerAuthentication> {
     from(json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "PeerAuthentication",
         "metadata": {"name": name, "namespace": ns, "creationTimestamp": created, "generation": 1},
@@ -70,7 +72,7 @@ pub fn peer_auth(ns: &str, name: &str, spec: Value, created: &str) -> PeerAuthen
     }))
 }
 
-pub fn authz(ns: &str, name: &str, spec: Value) -> AuthorizationPolicy {
+pub fn authz(ns: &str, name: &str, spec: Value) -> Arc<AuthorizationPolicy> {
     from(json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",
         "metadata": {"name": name, "namespace": ns, "generation": 3},
@@ -78,7 +80,7 @@ pub fn authz(ns: &str, name: &str, spec: Value) -> AuthorizationPolicy {
     }))
 }
 
-pub fn mesh(spec: Value) -> Mesh {
+pub fn mesh(spec: Value) -> Arc<Mesh> {
     from(json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh",
         "metadata": {"name": "default"},

@@ -8,6 +8,7 @@
 //! API and Istio do): only the requests sent to it fail, with 503.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use ambit_core::meshconfig::backend::BackendPolicySpec;
 use ambit_core::meshconfig::route::RouteSpec;
@@ -219,7 +220,8 @@ fn find_service<'a>(snapshot: &'a Snapshot, ns: &str, name: &str) -> Option<&'a 
     snapshot
         .services
         .iter()
-        .find(|s| s.namespace().as_deref() == Some(ns) && s.name_any() == name)
+        .find(|s| s.metadata.namespace.as_deref() == Some(ns) && s.name_any() == name)
+        .map(Arc::as_ref)
 }
 
 fn resolved_refs<T>(snapshot: &Snapshot, ns: &str, c: &Candidate<'_, T>) -> ConditionUpdate {

@@ -50,7 +50,7 @@ fn is_namespace_wide(p: &PeerAuthentication) -> bool {
         .is_none_or(|s| s.match_labels.is_empty())
 }
 
-pub(super) fn statuses(policies: &[PeerAuthentication]) -> Vec<StatusOutcome> {
+pub(super) fn statuses(policies: &[std::sync::Arc<PeerAuthentication>]) -> Vec<StatusOutcome> {
     policies
         .iter()
         .map(|p| StatusOutcome {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ambit_core::meshconfig::{ServicePort, ServiceSpec, WaypointRef};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -139,7 +140,8 @@ pub(super) fn find_waypoint<'a>(
     snapshot
         .waypoints
         .iter()
-        .find(|w| w.namespace().as_deref() == Some(ns) && w.name_any() == name)
+        .find(|w| w.metadata.namespace.as_deref() == Some(ns) && w.name_any() == name)
+        .map(Arc::as_ref)
 }
 
 pub(super) fn namespace_label(snapshot: &Snapshot, ns: &str, label: &str) -> Option<String> {

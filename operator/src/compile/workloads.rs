@@ -59,6 +59,7 @@ pub(super) fn compile(
                 .and_then(|s| s.host_network)
                 .unwrap_or(false)
         })
+        .map(|p| &**p)
         .collect();
     // Pods still terminating first lose their IP to a live pod that already reuses it: ztunnel
     // refuses a config where two workloads share an address.

@@ -33,7 +33,7 @@ pub(super) fn l7_snapshot() -> Snapshot {
     s
 }
 
-pub(super) fn route(name: &str, spec: Value, created: &str) -> TrafficRoute {
+pub(super) fn route(name: &str, spec: Value, created: &str) -> std::sync::Arc<TrafficRoute> {
     serde_json::from_value(json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "TrafficRoute",
         "metadata": {"name": name, "namespace": "bookinfo", "creationTimestamp": created, "generation": 2},
@@ -42,7 +42,7 @@ pub(super) fn route(name: &str, spec: Value, created: &str) -> TrafficRoute {
     .expect("valid TrafficRoute fixture")
 }
 
-pub(super) fn policy(name: &str, spec: Value, created: &str) -> BackendPolicy {
+pub(super) fn policy(name: &str, spec: Value, created: &str) -> std::sync::Arc<BackendPolicy> {
     serde_json::from_value(json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "BackendPolicy",
         "metadata": {"name": name, "namespace": "bookinfo", "creationTimestamp": created, "generation": 4},

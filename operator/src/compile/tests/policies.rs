@@ -68,7 +68,10 @@ fn mtls_mode_precedence_selector_then_namespace_then_root_then_mesh() {
     );
 
     // UNSET defers to the next level; between equals, the oldest wins.
-    s.peer_authentications[2].spec.mtls.mode = crate::crd::peer_authentication::PeerMtlsMode::Unset;
+    std::sync::Arc::make_mut(&mut s.peer_authentications[2])
+        .spec
+        .mtls
+        .mode = crate::crd::peer_authentication::PeerMtlsMode::Unset;
     assert_eq!(mode(&s, "reviews-v2"), MtlsMode::Strict);
     s.peer_authentications.push(peer_auth(
         "bookinfo",
