@@ -124,12 +124,16 @@ enum Local {
     /// traffic through the mesh and shows that it is mTLS; cleans everything up on exit.
     Demo(demo::DemoArgs),
     /// Starts the sandbox: API server, operator, nodes with ztunnel and node agent, the demo
-    /// app through the real CNI plugin; shows the mesh working. It keeps running until `down`.
+    /// app through the real CNI plugin, a waypoint; shows the mesh working. It keeps running
+    /// until `down`.
     Up(local::UpArgs),
     /// Stops and removes a sandbox (processes, network namespaces, bridge, state); idempotent.
     Down(local::DownArgs),
     /// What a sandbox runs: processes, Mesh/Waypoint conditions, nodes, captured pods.
     Status(local::StatusArgs),
+    /// Sends demo requests from the sandbox's client pod and reports the reviews versions'
+    /// shares (e.g. after `ambitctl apply -f examples/canary-90-10.yaml`).
+    Traffic(local::TrafficArgs),
     #[command(hide = true, name = "__apisim")]
     Apisim(local::ApisimArgs),
     #[command(hide = true, name = "__operator")]
@@ -196,6 +200,7 @@ fn main() -> anyhow::Result<()> {
             Local::Up(args) => local::up(args),
             Local::Down(args) => local::down(args),
             Local::Status(args) => local::status(args),
+            Local::Traffic(args) => local::traffic(args),
             Local::Apisim(args) => local::apisim(args),
             Local::Operator(args) => local::operator(args),
         },

@@ -9,6 +9,8 @@
 //! container runtime would, so the plugin is a separate process from the same build.
 //! `ambit-bench waypoint [--quick] [--out PATH]` runs the waypoint (L7) benchmark (see
 //! [`waypoint`]).
+//! `ambit-bench bookinfo [--quick] [--out PATH]` runs the thesis-style Bookinfo evaluation on
+//! the `ambitctl local` sandbox (see [`bookinfo`]).
 //! `ambit-bench waypoint-proxy ARGS...` (hidden) runs the waypoint itself, as the `waypoint`
 //! binary would, so the waypoint benchmark's proxy is a separate process from the same build.
 //! `ambit-bench ztunnel ARGS...` (hidden) runs a ztunnel: the benchmark re-executes itself
@@ -16,6 +18,10 @@
 //! read from /proc while one `cargo run` does everything.
 #![forbid(unsafe_code)]
 
+mod bookinfo;
+mod bookinfo_load;
+mod bookinfo_report;
+mod bookinfo_sandbox;
 mod cni;
 mod control_plane;
 mod cp_compile;
@@ -62,6 +68,9 @@ enum Cmd {
     /// and HTTP/2) and maximum throughput, against the same requests sent straight to the
     /// backend over HBONE. Needs root.
     Waypoint(waypoint::Args),
+    /// Bookinfo evaluation (the App Mesh vs Istio thesis' scenarios) on the `ambitctl local`
+    /// sandbox: max throughput, constant load, CPU and memory; mesh vs no mesh. Needs root.
+    Bookinfo(bookinfo::Args),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +122,12 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Cmd::Waypoint(args) => waypoint::run(&args).and_then(|value| {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            l4::write_result(&args.out, &value)?;
+            eprintln!("result written to {}", args.out.display());
+            Ok(())
+        }),
+        Cmd::Bookinfo(args) => bookinfo::run(&args).and_then(|value| {
             println!("{}", serde_json::to_string_pretty(&value)?);
             l4::write_result(&args.out, &value)?;
             eprintln!("result written to {}", args.out.display());

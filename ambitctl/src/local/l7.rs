@@ -1,7 +1,10 @@
 //! The L7 part of `local up`: the Waypoint for `bookinfo` (the sandbox runs the pod of the
-//! operator's waypoint Deployment, the waypoint binary in stream mode) and the 90/10
-//! TrafficRoute from `examples/`. Reported as skipped, with the reason, when the waypoint
-//! binary cannot take its config from the operator.
+//! operator's waypoint Deployment, the waypoint binary in stream mode), a round-robin
+//! BackendPolicy for reviews (its three versions then share the traffic evenly, which shows
+//! them all in a few requests), and the namespace's `use-waypoint` label, so reviews' traffic
+//! goes through the waypoint. No route is applied: the canary
+//! in `examples/canary-90-10.yaml` is the user's next step ([`CANARY_YAML`]). Reported as
+//! skipped, with the reason, when the waypoint binary cannot take its config from the operator.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,7 +24,10 @@ use super::{procs, Progress};
 use crate::targets::WaypointEntry;
 
 const WAYPOINT_YAML: &str = include_str!("../../../examples/waypoint.yaml");
-const CANARY_YAML: &str = include_str!("../../../examples/canary-90-10.yaml");
+/// The canary route `local up` suggests applying next (a copy goes into the state directory
+/// when the examples are not at hand).
+pub const CANARY_YAML: &str = include_str!("../../../examples/canary-90-10.yaml");
+pub const CANARY_PATH: &str = "examples/canary-90-10.yaml";
 const WAYPOINT: &str = "waypoint";
 /// Infrastructure pods take pod indexes from here, clear of the demo app's.
 const INFRA_POD_INDEX: usize = 200;
@@ -50,37 +56,50 @@ pub async fn step(
         Some(_) => None,
     };
     if let Some(why) = why {
-        p.step(&format!(
-            "skipped: Waypoint `waypoint` and TrafficRoute reviews-canary (90/10): {why}"
-        ));
+        p.step(&format!("skipped: Waypoint `waypoint`: {why}"));
         steps.push(json!({"step": "waypoint", "status": "skipped", "detail": why}));
-        steps.push(json!({"step": "trafficRoute reviews-canary (90/10)", "status": "skipped", "detail": "needs the waypoint"}));
         return Ok(None);
     }
     p.step("applying Waypoint bookinfo/waypoint (examples/waypoint.yaml, 1 replica) and running its pod");
     let entry = waypoint(x).await?;
-    steps.push(json!({"step": "waypoint", "status": "done",
-        "detail": format!("bookinfo/waypoint pod on {} in netns {}", node_name(0), entry.netns.clone().unwrap_or_default())}));
-    p.step("labelling namespace bookinfo ambit.dev/use-waypoint=waypoint; applying TrafficRoute reviews-canary (v1 90%, v2 10%)");
-    cluster::label_namespace(x.c, APP_NS, json!({"ambit.dev/use-waypoint": WAYPOINT})).await?;
-    let route: Value = serde_yaml::from_str(CANARY_YAML).context("examples/canary-90-10.yaml")?;
+    p.step("applying BackendPolicy bookinfo/reviews (round robin over v1, v2, v3); labelling namespace bookinfo ambit.dev/use-waypoint=waypoint: reviews' traffic goes through it (no route yet)");
     cluster::create(
         x.c,
-        &format!("/apis/ambit.dev/v1alpha1/namespaces/{APP_NS}/trafficroutes"),
-        route,
+        &format!("/apis/ambit.dev/v1alpha1/namespaces/{APP_NS}/backendpolicies"),
+        round_robin("reviews"),
     )
     .await?;
-    steps.push(
-        json!({"step": "trafficRoute reviews-canary (90/10)", "status": "done",
-        "detail": "examples/canary-90-10.yaml applied"}),
-    );
-    wait_route_live(x, nodes, entry.netns.as_deref().unwrap_or_default()).await?;
+    cluster::label_namespace(x.c, APP_NS, json!({"ambit.dev/use-waypoint": WAYPOINT})).await?;
+    wait_in_path(x, nodes, entry.netns.as_deref().unwrap_or_default()).await?;
+    steps.push(json!({"step": "waypoint", "status": "done",
+        "detail": format!("bookinfo/waypoint pod on {} in netns {}; every ztunnel sends reviews to it",
+            node_name(0), entry.netns.clone().unwrap_or_default())}));
     Ok(Some(entry))
 }
 
-/// Waits until every ztunnel sends reviews' traffic to the waypoint and the waypoint holds
-/// the route: only then does the demo traffic show the split.
-async fn wait_route_live(x: &Ctx<'_>, nodes: usize, waypoint_netns: &str) -> anyhow::Result<()> {
+/// A BackendPolicy balancing `service`'s endpoints round robin.
+fn round_robin(service: &str) -> Value {
+    json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "BackendPolicy",
+        "metadata": {"name": service, "namespace": APP_NS},
+        "spec": {"targetRef": {"name": service}, "loadBalancer": {"type": "RoundRobin"}}})
+}
+
+/// Requests the waypoint has handled for Service reviews (its `ambit_requests_total`).
+pub fn reviews_requests(waypoint_netns: &str) -> Option<f64> {
+    let text = ambit_core::netns::run_in_thread(&netns_path(waypoint_netns), || {
+        crate::http_get::get("127.0.0.1:15020", "/metrics").ok()
+    })
+    .ok()??;
+    Some(ambit_testkit::mesh::metric_sum(
+        &text,
+        "ambit_requests_total",
+        &[("destination_service_name", "reviews")],
+    ))
+}
+
+/// Waits until the waypoint balances reviews round robin and every ztunnel sends reviews'
+/// traffic to it: only then does the demo traffic take the L7 path.
+async fn wait_in_path(x: &Ctx<'_>, nodes: usize, waypoint_netns: &str) -> anyhow::Result<()> {
     let reviews = super::apps::vip("reviews").to_string();
     let admin = |ns: String| async move {
         tokio::task::spawn_blocking(move || {
@@ -95,11 +114,19 @@ async fn wait_route_live(x: &Ctx<'_>, nodes: usize, waypoint_netns: &str) -> any
         .flatten()
     };
     cluster::wait_for(
-        "the route to reach the waypoint and every ztunnel",
+        "the waypoint to balance reviews round robin and every ztunnel to send reviews to it",
         Duration::from_secs(30),
         || async {
             let wp = admin(waypoint_netns.to_string()).await.unwrap_or_default();
-            if !wp.contains("reviews-canary") {
+            let wp: Value = serde_json::from_str(&wp).unwrap_or_default();
+            let rr = wp["backendPolicies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|b| {
+                    b["service"]["name"] == "reviews" && b["loadBalancer"]["type"] == "RoundRobin"
+                });
+            if !rr {
                 return Ok(None);
             }
             for i in 0..nodes {

@@ -76,20 +76,30 @@ impl Layout {
         if let Some(s) = self.slot() {
             return Ok(s);
         }
-        std::fs::create_dir_all(SLOTS_DIR).with_context(|| format!("creating {SLOTS_DIR}"))?;
-        for s in 0..MAX_SLOTS {
-            let path = Path::new(SLOTS_DIR).join(s.to_string());
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    f.write_all(self.name.as_bytes())?;
-                    return Ok(s);
+        // The last sandbox's `down` removes the directory; one racing with us may remove it
+        // between our create_dir_all and our claim, so a vanished directory means "again".
+        for _attempt in 0..5 {
+            std::fs::create_dir_all(SLOTS_DIR).with_context(|| format!("creating {SLOTS_DIR}"))?;
+            for s in 0..MAX_SLOTS {
+                let path = Path::new(SLOTS_DIR).join(s.to_string());
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                {
+                    Ok(mut f) => {
+                        f.write_all(self.name.as_bytes())?;
+                        return Ok(s);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("claiming {}", path.display()))
+                    }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("claiming {}", path.display())),
+            }
+            if Path::new(SLOTS_DIR).is_dir() {
+                break;
             }
         }
         bail!("all {MAX_SLOTS} sandbox slots in {SLOTS_DIR} are taken: run `ambitctl local down --name NAME` for sandboxes you no longer need")
@@ -106,10 +116,14 @@ impl Layout {
         })
     }
 
+    /// Frees the slot; the last sandbox out removes the slots directory too, so `down`
+    /// leaves no file behind.
     pub fn release_slot(&self) {
         if let Some(s) = self.slot() {
             let _ = std::fs::remove_file(Path::new(SLOTS_DIR).join(s.to_string()));
         }
+        // Fails (and is meant to) while another sandbox holds a slot.
+        let _ = std::fs::remove_dir(SLOTS_DIR);
     }
 }
 

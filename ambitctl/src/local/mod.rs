@@ -3,7 +3,9 @@
 //! `up` starts the in-memory API server (apisim) and the operator on the host, builds nodes
 //! as network namespaces on a host bridge, plays the kubelet for the operator's DaemonSets
 //! (a ztunnel in stream mode and a node agent per node), creates the demo app's pods through
-//! the real CNI plugin, enrolls their namespace, and shows encrypted traffic between nodes.
+//! the real CNI plugin, enrolls their namespace, runs the waypoint, and shows traffic through
+//! productpage reaching every reviews version, encrypted between nodes. `traffic` sends more
+//! of it and reports the reviews versions' shares (the canary step of the tour).
 //! Every process carries the sandbox marker ([`layout::MARKER_ENV`]) and has a pid file, so
 //! `down` removes everything even after a crash. See docs/quickstart.md.
 
@@ -17,6 +19,7 @@ mod l7;
 mod layout;
 mod net;
 mod procs;
+mod requests;
 mod state;
 mod status;
 mod traffic;
@@ -26,6 +29,7 @@ use serde_json::Value;
 
 pub use daemons::{ApisimArgs, OperatorArgs};
 pub use down::DownArgs;
+pub use requests::TrafficArgs;
 pub use status::StatusArgs;
 pub use up::UpArgs;
 
@@ -40,6 +44,9 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
 }
 pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     status::run(args)
+}
+pub fn traffic(args: TrafficArgs) -> anyhow::Result<()> {
+    requests::run(args)
 }
 pub fn apisim(args: ApisimArgs) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
@@ -80,14 +87,21 @@ fn print_summary(s: &Value) {
         "pods captured: {} of {}",
         s["pods"]["captured"], s["pods"]["total"]
     );
+    let versions: Vec<String> = r["reviews"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(v, x)| format!("{v} {}", x["count"]))
+        .collect();
     eprintln!(
-        "productpage: {} ok, {} failed; reviews: {} ok, {} failed, by version {}",
-        r["productpage"]["ok"],
-        r["productpage"]["failed"],
-        r["reviews"]["ok"],
-        r["reviews"]["failed"],
-        r["reviews"]["byVersion"]
+        "productpage: {} ok, {} failed; reviews versions reached through it: {}",
+        r["ok"],
+        r["failed"],
+        versions.join(", ")
     );
+    if let Some(n) = s["waypointReviewsRequests"].as_f64() {
+        eprintln!("waypoint: {n} requests to reviews handled (L7 path, no route yet)");
+    }
     eprintln!(
         "wire: {} HBONE segments to :15008 captured on the nodes; plaintext seen: {}",
         s["wire"]["hboneSegments"], s["wire"]["plaintextSeen"]
@@ -103,6 +117,20 @@ fn print_summary(s: &Value) {
             st["status"].as_str().unwrap_or("?"),
             st["detail"].as_str().unwrap_or("")
         );
+    }
+    let cmds: Vec<&str> = s["next"]["commands"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if let [apply, traffic] = cmds.as_slice() {
+        eprintln!();
+        eprintln!(
+            "next, a canary: 90% of reviews' requests to v1, 10% to v2, decided by the waypoint"
+        );
+        eprintln!("  {apply}");
+        eprintln!("  {traffic}     # reviews versions seen through productpage, in percent");
     }
     eprintln!(
         "try: ambitctl get meshes; ambitctl status; ambitctl local status; ambitctl local down"

@@ -23,8 +23,8 @@ pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=super::MAX_NODES as i64))]
     pub nodes: u16,
-    /// Requests sent to each of productpage and reviews to show the mesh working.
-    #[arg(long, default_value_t = 40)]
+    /// Requests sent to productpage (which calls reviews) to show the mesh working.
+    #[arg(long, default_value_t = 60)]
     pub requests: u64,
     /// Print a JSON summary on stdout (progress always goes to stderr).
     #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text")]
@@ -225,21 +225,16 @@ async fn up(
         .into_iter()
         .collect();
 
-    p.step(&format!("sending {} requests each to productpage ({}) and reviews ({}) from pod client, capturing every node's interfaces",
-        args.requests, vip("productpage"), vip("reviews")));
-    let client = pods.last().expect("the client pod is deployed last");
-    let targets = traffic::Targets {
-        productpage: vip("productpage"),
-        reviews: vip("reviews"),
-    };
-    // Give ztunnel's config a moment to carry the Services' endpoints.
-    wait_service_ready(&netns_path(&client.netns)).await;
-    let traffic = traffic::run(
-        &netns_path(&client.netns),
-        &node_ns,
-        &targets,
+    p.step(&format!(
+        "sending {} requests to productpage ({}), which calls reviews ({}), from pod client, capturing every node's interfaces",
         args.requests,
-    )?;
+        vip("productpage"),
+        vip("reviews")
+    ));
+    let client = pods.last().expect("the client pod is deployed last");
+    // Give the proxies' config a moment to carry the Services' endpoints, on the whole path.
+    wait_service_ready(&netns_path(&client.netns)).await;
+    let shown = traffic::shown(&netns_path(&client.netns), &node_ns, args.requests)?;
     let mut mtls = 0.0;
     for i in 0..nodes {
         if let Ok(m) = crate::http_get::get(&format!("{}:15020", net_.node_ip(i)), "/metrics") {
@@ -253,36 +248,89 @@ async fn up(
             );
         }
     }
+    let waypoint_reviews = waypoints
+        .first()
+        .and_then(|w| w.netns.as_deref())
+        .and_then(super::l7::reviews_requests);
     state::write(layout, net_, &api, nodes, &pods, &waypoints, &steps)?;
     // The sandbox stays up after this command: keep the node namespaces.
     std::mem::forget(node_ns);
 
     let mesh = cluster::mesh(&c).await?.unwrap_or_default();
-    let ok_requests = traffic["productpage"]["ok"].as_u64().unwrap_or(0) > 0
-        && traffic["reviews"]["ok"].as_u64().unwrap_or(0) > 0;
-    let plaintext = traffic["wire"]["plaintextSeen"] != false;
+    let requests = &shown["requests"];
+    let ok_requests = requests["ok"].as_u64().unwrap_or(0) > 0;
+    let versions = requests["reviews"].as_object().map_or(0, |m| m.len());
+    // Without a route reviews' three versions share the traffic; fewer than three requests
+    // cannot show that.
+    let all_versions = versions == 3 || args.requests < 3;
+    let plaintext = shown["wire"]["plaintextSeen"] != false;
     let captured_n = want.iter().filter(|w| captured.contains(w)).count();
+    let next = next_steps(layout, !waypoints.is_empty())?;
     let summary = json!({
         "name": layout.name, "stateDir": layout.dir, "stateFile": layout.state_file(),
         "apiServer": api, "operator": operator,
         "mesh": {"ready": mesh_ready.is_ok(), "conditions": mesh["status"]["conditions"]},
         "nodes": node_list.iter().map(|(n, ip)| json!({"name": n, "ip": ip, "netns": layout.netns(n)})).collect::<Vec<_>>(),
         "pods": {"total": pods.len(), "captured": captured_n, "items": pods},
-        "requests": {"productpage": traffic["productpage"], "reviews": traffic["reviews"]},
-        "wire": traffic["wire"],
+        "requests": requests,
+        "allReviewsVersionsReached": versions == 3,
+        "wire": shown["wire"],
         "mtlsConnectionsOpened": mtls,
         "steps": steps,
         "waypoints": waypoints.iter().map(|w| json!({"name": w.name, "namespace": w.namespace, "netns": w.netns})).collect::<Vec<_>>(),
+        "waypointReviewsRequests": waypoint_reviews,
+        "next": next,
         "seconds": started.elapsed().as_secs_f64(),
-        "ok": ok_requests && !plaintext && mesh_ready.is_ok() && captured_n == pods.len(),
+        "ok": ok_requests && all_versions && !plaintext && mesh_ready.is_ok() && captured_n == pods.len(),
     });
     Ok(summary)
 }
 
-/// Waits (up to 15 s) until a request from the client pod to productpage succeeds.
+/// The tour's next step: the canary route to apply, and the command that shows the split.
+/// The route file is `examples/canary-90-10.yaml` when run from the repository, else a copy
+/// in the state directory.
+fn next_steps(layout: &Layout, waypoint: bool) -> anyhow::Result<Value> {
+    if !waypoint {
+        return Ok(json!({"commands": [], "why": "no waypoint: the canary needs one"}));
+    }
+    let route = if std::path::Path::new(super::l7::CANARY_PATH).is_file() {
+        std::path::PathBuf::from(super::l7::CANARY_PATH)
+    } else {
+        let copy = layout.dir.join("reviews-canary.yaml");
+        std::fs::write(&copy, super::l7::CANARY_YAML)
+            .with_context(|| format!("writing {}", copy.display()))?;
+        copy
+    };
+    // The command as the user typed it (e.g. ./target/release/ambitctl), if it had a path.
+    let me = std::env::args()
+        .next()
+        .filter(|a| a.contains('/'))
+        .unwrap_or_else(|| "ambitctl".into());
+    let default = layout.name == super::layout::DEFAULT_NAME;
+    let state = if default {
+        String::new()
+    } else {
+        format!(" --sandbox-state {}", layout.state_file().display())
+    };
+    let name = if default {
+        String::new()
+    } else {
+        format!(" --name {}", layout.name)
+    };
+    Ok(json!({
+        "routeFile": route,
+        "commands": [
+            format!("{me} apply -f {}{state}", route.display()),
+            format!("{me} local traffic{name} --requests 1000"),
+        ],
+    }))
+}
+
+/// Waits (up to 15 s) until a request from the client pod through productpage to details and
+/// reviews succeeds.
 async fn wait_service_ready(client_netns: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    let url = format!("http://{}/healthz", vip("productpage"));
+    let url = traffic::Target::Productpage.url();
     while Instant::now() < deadline {
         let url = url.clone();
         let ns = client_netns.to_path_buf();
