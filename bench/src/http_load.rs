@@ -28,10 +28,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::sync::{mpsc as tmpsc, Mutex};
+use tokio::sync::mpsc as tmpsc;
 
+use self::schedule::{next_due, send_schedule, Queue};
 use crate::load::{spawn_in_netns, REQUEST_BYTES, RESPONSE_BYTES};
 use crate::wp_env::ALLOWED_PATH;
+
+pub(crate) mod schedule;
 
 /// A request (or a connection attempt) taking longer than this is an error.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -115,8 +118,6 @@ impl Run {
             .map_err(|_| anyhow!("load client thread panicked"))?
     }
 }
-
-type Queue = Arc<Mutex<tmpsc::UnboundedReceiver<Instant>>>;
 
 enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),
@@ -219,7 +220,9 @@ pub fn start(caller: &Caller, target: &Target, plan: Plan) -> anyhow::Result<Run
         Mode::FixedRate { rate_per_s } => Some(
             std::thread::Builder::new()
                 .name("http-sender".into())
-                .spawn(move || send_schedule(due_tx, start, rate_per_s, plan))
+                .spawn(move || {
+                    send_schedule(due_tx, start, rate_per_s, plan.warmup + plan.duration)
+                })
                 .context("spawning the sender thread")?,
         ),
         Mode::ClosedLoop => None,
@@ -229,23 +232,6 @@ pub fn start(caller: &Caller, target: &Target, plan: Plan) -> anyhow::Result<Run
         client,
         sender,
     })
-}
-
-/// Hands each due time to the workers when it comes (dropping the channel ends the run).
-fn send_schedule(due: tmpsc::UnboundedSender<Instant>, start: Instant, rate: f64, plan: Plan) {
-    // Without this, each sleep may overshoot by the default 50 µs slack.
-    let _ = nix::sys::prctl::set_timerslack(1);
-    let total = (rate * (plan.warmup + plan.duration).as_secs_f64()).round() as u64;
-    for k in 0..total {
-        let at = start + Duration::from_secs_f64(k as f64 / rate);
-        let now = Instant::now();
-        if at > now {
-            std::thread::sleep(at - now);
-        }
-        if due.send(at).is_err() {
-            return;
-        }
-    }
 }
 
 async fn run_client(
@@ -278,14 +264,7 @@ async fn run_client(
             }
         }
     }
-    let start = Instant::now() + Duration::from_millis(20);
-    let window = (start + plan.warmup, start + plan.warmup + plan.duration);
-    let _ = ready.send(Ok(start));
-    let queue: Option<Queue> = match plan.mode {
-        Mode::FixedRate { .. } => Some(Arc::new(Mutex::new(due))),
-        Mode::ClosedLoop => None,
-    };
-    tokio::time::sleep_until(start.into()).await;
+    let (window, queue) = schedule::begin(plan.mode, plan.warmup, plan.duration, &ready, due).await;
     let ctx = Arc::new((pool, caller, target));
     let mut tasks = tokio::task::JoinSet::new();
     for s in senders {
@@ -304,13 +283,7 @@ async fn run_client(
             out.first_error = w.first_error;
         }
     }
-    // Due times no worker took (every worker gave up): failed requests too.
-    if let Some(q) = queue {
-        let mut q = q.lock().await;
-        while q.recv().await.is_some() {
-            out.errors += 1;
-        }
-    }
+    out.errors += schedule::untaken(queue).await;
     Ok(out)
 }
 
@@ -326,20 +299,7 @@ async fn worker(
     let host = format!("api.{}", crate::wp_env::NS);
     let body = Bytes::from(vec![b'q'; REQUEST_BYTES]);
     let mut out = LoadResult::default();
-    loop {
-        let due = match &queue {
-            Some(q) => match q.lock().await.recv().await {
-                Some(d) => d,
-                None => break,
-            },
-            None => {
-                let now = Instant::now();
-                if now >= window.1 {
-                    break;
-                }
-                now
-            }
-        };
+    while let Some(due) = next_due(&queue, window.1).await {
         let r = tokio::time::timeout(IO_TIMEOUT, sender.request(body.clone(), &host)).await;
         let done = Instant::now();
         match r {
