@@ -170,7 +170,33 @@ async fn an_api_failure_stops_the_reconcile_at_the_failing_call() {
         err.to_string().contains("applying ServiceAccount ztunnel"),
         "{err}"
     );
-    // Nothing after the failing call was attempted.
+    // Nothing after the failing call was attempted but telling the user on the Mesh.
+    assert_eq!(
+        calls(&server),
+        vec![
+            format!("PATCH {SA}/ztunnel"),
+            "PATCH /apis/ambit.dev/v1alpha1/meshes/default/status".to_string(),
+        ]
+    );
+    let mesh = fresh_mesh(&server).await;
+    let degraded = mesh
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .expect("Degraded condition");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ApplyFailed")
+    );
+    assert!(
+        degraded.message.contains("applying ServiceAccount ztunnel")
+            && degraded.message.contains("retries"),
+        "{}",
+        degraded.message
+    );
+    // The same failure again changes nothing on the Mesh: no second status write.
+    calls(&server);
+    mesh::reconcile(mesh, ctx.clone()).await.unwrap_err();
     assert_eq!(calls(&server), vec![format!("PATCH {SA}/ztunnel")]);
     // The controller's error policy counts it and retries.
     let action = ambit_operator::controller::on_error(mesh::CONTROLLER, &err, &ctx);

@@ -106,32 +106,12 @@ where
     })
 }
 
-async fn apply(mesh: &Mesh, ctx: &Context, api: &Api<Mesh>) -> Result<Action, Error> {
+/// Applies everything the Mesh owns; returns the two DaemonSets' states.
+async fn apply_components(
+    mesh: &Mesh,
+    ctx: &Context,
+) -> Result<(ComponentStatus, ComponentStatus), Error> {
     let name = mesh.name_any();
-    let generation = mesh.meta().generation;
-    let previous = mesh.status.clone().unwrap_or_default();
-    if let Some(message) = mesh.spec.problems() {
-        let status = MeshStatus {
-            observed_generation: generation,
-            conditions: conditions(
-                &previous.conditions,
-                vec![
-                    C::new("Accepted", S::False, "Invalid", &message),
-                    C::new(
-                        "Ready",
-                        S::False,
-                        "Invalid",
-                        "the spec is invalid; nothing was changed",
-                    ),
-                ],
-                generation,
-            ),
-            components: previous.components.clone(),
-        };
-        patch_status(api, &name, &status).await?;
-        return Ok(Action::await_change());
-    }
-
     let owner = mesh
         .controller_owner_ref(&())
         .ok_or_else(|| Error::Incomplete(format!("Mesh {name}")))?;
@@ -206,6 +186,62 @@ async fn apply(mesh: &Mesh, ctx: &Context, api: &Api<Mesh>) -> Result<Action, Er
     }
     let agent = components.pop().unwrap_or_default();
     let ztunnel = components.pop().unwrap_or_default();
+    Ok((ztunnel, agent))
+}
+
+/// Tells the user, on the Mesh, that applying failed (the reconcile is retried with backoff).
+async fn report_degraded(mesh: &Mesh, api: &Api<Mesh>, error: &Error) {
+    let previous = mesh.status.clone().unwrap_or_default();
+    let generation = mesh.meta().generation;
+    let message = format!("{error}; the operator retries (see its logs and RBAC)");
+    let status = MeshStatus {
+        conditions: conditions(
+            &previous.conditions,
+            vec![C::new("Degraded", S::True, "ApplyFailed", &message)],
+            generation,
+        ),
+        ..previous.clone()
+    };
+    if status != previous {
+        if let Err(e) = patch_status(api, &mesh.name_any(), &status).await {
+            tracing::warn!(error = %e, "could not report Degraded on the Mesh");
+        }
+    }
+}
+
+async fn apply(mesh: &Mesh, ctx: &Context, api: &Api<Mesh>) -> Result<Action, Error> {
+    let name = mesh.name_any();
+    let generation = mesh.meta().generation;
+    let previous = mesh.status.clone().unwrap_or_default();
+    if let Some(message) = mesh.spec.problems() {
+        let status = MeshStatus {
+            observed_generation: generation,
+            conditions: conditions(
+                &previous.conditions,
+                vec![
+                    C::new("Accepted", S::False, "Invalid", &message),
+                    C::new(
+                        "Ready",
+                        S::False,
+                        "Invalid",
+                        "the spec is invalid; nothing was changed",
+                    ),
+                ],
+                generation,
+            ),
+            components: previous.components.clone(),
+        };
+        patch_status(api, &name, &status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let (ztunnel, agent) = match apply_components(mesh, ctx).await {
+        Ok(components) => components,
+        Err(error) => {
+            report_degraded(mesh, api, &error).await;
+            return Err(error);
+        }
+    };
     let ready = rolled_out(&ztunnel) && rolled_out(&agent);
     let summary = format!(
         "ztunnel {}/{} nodes ready ({} updated), node agent {}/{} ({} updated)",
