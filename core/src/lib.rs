@@ -7,6 +7,7 @@
 
 pub mod ca;
 pub mod certs;
+pub mod config_source;
 pub mod control;
 pub mod identity;
 pub mod tls;

@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -19,8 +19,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DistinguishedName, Error, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 
 use crate::certs::CertSlot;
@@ -60,30 +60,72 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<Identity> {
         .and_then(|leaf| crate::x509::identity_of(leaf).ok())
 }
 
-// Both verifiers share the handshake-signature rules: TLS 1.3 only, the provider's algorithms.
-fn tls12_refused() -> Result<HandshakeSignatureValid, Error> {
-    Err(Error::PeerIncompatible(
-        rustls::PeerIncompatible::Tls12NotOffered,
-    ))
+/// The handshake-signature methods every Ambit verifier shares (client- and server-cert
+/// verifiers alike, which are different traits with the same three methods): TLS 1.3 only,
+/// the provider's algorithms.
+macro_rules! tls13_only_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &rustls::pki_types::CertificateDer<'_>,
+            _dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOffered,
+            ))
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &$crate::tls::provider().signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            $crate::tls::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+pub(crate) use tls13_only_signatures;
+
+/// The SPIFFE ID of a certificate whose chain was verified; `what` names the certificate
+/// and `reject` makes the caller's kind of rustls error.
+pub(crate) fn spiffe_id(
+    end_entity: &CertificateDer<'_>,
+    what: &str,
+    reject: fn(String) -> Error,
+) -> Result<Identity, Error> {
+    crate::x509::identity_of(end_entity).map_err(|e| reject(format!("{what}: {e}")))
 }
 
-fn tls13_signature(
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, Error> {
-    rustls::crypto::verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &provider().signature_verification_algorithms,
-    )
-}
-
-fn schemes() -> Vec<SignatureScheme> {
-    provider()
-        .signature_verification_algorithms
-        .supported_schemes()
+/// Verifies a server's certificate chain against `roots` at `now` and returns the SPIFFE ID
+/// it carries (see [`spiffe_id`] for `what` and `reject`). The caller checks the ID.
+pub(crate) fn verified_server_id(
+    roots: &RootCertStore,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    what: &str,
+    reject: fn(String) -> Error,
+) -> Result<Identity, Error> {
+    let parsed = ParsedCertificate::try_from(end_entity)?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        roots,
+        intermediates,
+        now,
+        provider().signature_verification_algorithms.all,
+    )?;
+    spiffe_id(end_entity, what, reject)
 }
 
 #[derive(Debug)]
@@ -133,8 +175,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         current
             .client_verifier
             .verify_client_cert(end_entity, intermediates, now)?;
-        let id = crate::x509::identity_of(end_entity)
-            .map_err(|e| reject(format!("client certificate: {e}")))?;
+        let id = spiffe_id(end_entity, "client certificate", reject)?;
         let ours = self.slot.identity().trust_domain();
         if id.trust_domain() != ours {
             return Err(reject(format!(
@@ -143,25 +184,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         }
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        tls12_refused()
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
-    }
+    tls13_only_signatures!();
 }
 
 /// Client side: chain to the mesh roots, SPIFFE ID is one of the expected ones.
@@ -181,16 +204,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let current = self.slot.current();
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
+        let id = verified_server_id(
             &current.roots,
+            end_entity,
             intermediates,
             now,
-            provider().signature_verification_algorithms.all,
+            "server certificate",
+            reject,
         )?;
-        let id = crate::x509::identity_of(end_entity)
-            .map_err(|e| reject(format!("server certificate: {e}")))?;
         if !self.expected.contains(&id) {
             let want: Vec<String> = self.expected.iter().map(ToString::to_string).collect();
             return Err(reject(format!(
@@ -199,25 +220,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         }
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        tls12_refused()
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
-    }
+    tls13_only_signatures!();
 }
 
 /// TLS 1.3-only server config presenting `slot`'s certificate and requiring mesh clients.

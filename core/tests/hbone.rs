@@ -51,18 +51,7 @@ impl Handler for TestHandler {
                 reason: "denied_by_policy",
             });
         }
-        let upstream = TcpStream::connect(req.authority)
-            .await
-            .map_err(|_| Reject {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                reason: "upstream_connect_failed",
-            })?;
-        Ok(Accepted {
-            upstream,
-            sent: Box::new(|_| {}),
-            received: Box::new(|_| {}),
-            done: Box::new(|_| {}),
-        })
+        Accepted::connect(req.authority).await
     }
 }
 

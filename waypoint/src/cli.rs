@@ -12,11 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_core::ca::CertificateAuthority;
 use ambit_core::certs::{CertificateProvider, LocalCa};
-use ambit_core::control::{Endpoint, RemoteCa};
+use ambit_core::config_source::{local_ca, ControlPlaneArgs};
+use ambit_core::control::RemoteCa;
 use ambit_core::hbone::client::PoolConfig;
-use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -24,7 +23,19 @@ use tracing::info;
 use crate::{ConfigMode, Options, Waypoint, DEFAULT_BODY_LIMIT};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Ambit's per-namespace L7 proxy (waypoint)")]
+#[command(
+    version,
+    about = "Ambit's per-namespace L7 proxy (waypoint)",
+    // The operator mounts the waypoint's root and token elsewhere than ztunnel's.
+    mut_arg("root_cert", |a| a.help(
+        "The mesh root certificate the control plane's certificate must chain to (stream mode; \
+         the operator mounts ConfigMap <waypoint>-root-cert here)"
+    )),
+    mut_arg("token_file", |a| a.default_value("/var/run/ambit/token/token").help(
+        "Projected ServiceAccount token sent to the control plane (stream mode; re-read per \
+         connection, kubelet rotates it)"
+    ))
+)]
 pub struct Args {
     /// This waypoint's name (Services and workloads name it in `waypoint`).
     #[arg(long, env = "WAYPOINT_NAME")]
@@ -35,30 +46,8 @@ pub struct Args {
     /// Service account (SPIFFE identity) of the waypoint; defaults to --name.
     #[arg(long, env = "SERVICE_ACCOUNT")]
     service_account: Option<String>,
-    /// The operator's control plane (`host:port`, usually
-    /// ambit-operator.ambit-system.svc:15012): config stream and CA. Excludes
-    /// --config/--ca-cert/--ca-key.
-    #[arg(long, env = "AMBIT_CONTROL_PLANE")]
-    control_plane: Option<String>,
-    /// The mesh root certificate the control plane's certificate must chain to (stream mode;
-    /// the operator mounts ConfigMap <waypoint>-root-cert here).
-    #[arg(
-        long,
-        env = "AMBIT_ROOT_CERT",
-        default_value = "/var/run/ambit/ca/root-cert.pem"
-    )]
-    root_cert: PathBuf,
-    /// Projected ServiceAccount token sent to the control plane (stream mode; re-read per
-    /// connection, kubelet rotates it).
-    #[arg(
-        long,
-        env = "AMBIT_TOKEN_FILE",
-        default_value = "/var/run/ambit/token/token"
-    )]
-    token_file: PathBuf,
-    /// SPIFFE ID the control plane must present (default: the operator's in --trust-domain).
-    #[arg(long)]
-    operator_identity: Option<ambit_core::Identity>,
+    #[command(flatten)]
+    control: ControlPlaneArgs,
     /// File mode: mesh config (workloads, services, policies, routes) as YAML; re-read when it
     /// changes.
     #[arg(long, env = "AMBIT_CONFIG")]
@@ -102,10 +91,6 @@ pub struct Args {
     log_format: String,
 }
 
-fn read_pem(path: &PathBuf, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))
-}
-
 /// Exactly one of: the control plane (config stream + remote CA), or a file and a local CA.
 /// Returns the config mode, the certificate provider and a description for the log.
 pub fn mode(args: &Args) -> anyhow::Result<(ConfigMode, Arc<dyn CertificateProvider>, String)> {
@@ -114,35 +99,15 @@ pub fn mode(args: &Args) -> anyhow::Result<(ConfigMode, Arc<dyn CertificateProvi
         ("--ca-cert", args.ca_cert.is_some()),
         ("--ca-key", args.ca_key.is_some()),
     ];
-    if let Some(address) = &args.control_plane {
-        let clash: Vec<&str> = file_flags.iter().filter(|f| f.1).map(|f| f.0).collect();
-        anyhow::ensure!(
-            clash.is_empty(),
-            "--control-plane takes config and the certificate from the operator; drop {}",
-            clash.join(", ")
-        );
-        let operator_identity = match &args.operator_identity {
-            Some(id) => id.clone(),
-            None => ambit_core::control::operator_identity(&args.trust_domain)?,
-        };
-        let endpoint = Endpoint {
-            address: address.clone(),
-            root_cert: args.root_cert.clone(),
-            operator_identity,
-            token_file: args.token_file.clone(),
-            connect_timeout: Duration::from_secs(10),
-        };
-        // Fail fast on a missing root or token: retrying would not fix them.
-        ambit_core::control::tls::read_roots(&endpoint.root_cert)?;
-        endpoint.token()?;
+    if let Some(endpoint) =
+        args.control
+            .endpoint(&args.trust_domain, &file_flags, "the certificate")?
+    {
+        let from = format!("control plane {}", endpoint.address);
         let certs = Arc::new(RemoteCa {
             endpoint: endpoint.clone(),
         });
-        return Ok((
-            ConfigMode::ControlPlane { endpoint },
-            certs,
-            format!("control plane {address}"),
-        ));
+        return Ok((ConfigMode::ControlPlane { endpoint }, certs, from));
     }
     let (Some(config), Some(ca_cert), Some(ca_key)) = (&args.config, &args.ca_cert, &args.ca_key)
     else {
@@ -152,14 +117,8 @@ pub fn mode(args: &Args) -> anyhow::Result<(ConfigMode, Arc<dyn CertificateProvi
             missing.join(", ")
         );
     };
-    let ca = CertificateAuthority::from_pem(
-        &args.trust_domain,
-        &read_pem(ca_cert, "CA certificate")?,
-        &read_pem(ca_key, "CA key")?,
-    )
-    .context("loading the mesh CA")?;
     let certs = Arc::new(LocalCa {
-        ca: Arc::new(ca),
+        ca: Arc::new(local_ca(&args.trust_domain, ca_cert, ca_key)?),
         leaf_ttl: args.leaf_ttl,
         extra_roots: vec![],
     });
@@ -226,6 +185,7 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ambit_core::ca::CertificateAuthority;
 
     fn args(extra: &[&str]) -> Args {
         let base = ["waypoint", "--name", "wp", "--namespace", "shop"];

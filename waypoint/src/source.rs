@@ -6,20 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ambit_core::config_source::{FileConfig, FilePoller, ReadError};
 use ambit_core::meshconfig::{MeshConfig, WaypointRef};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::metrics::Metrics;
 use crate::state::{State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("reading config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: trustDomain {found:?} does not match the mesh CA's trust domain {expected:?}; fix the file or the waypoint's --trust-domain")]
@@ -43,67 +41,46 @@ pub struct FileSource {
     pub me: WaypointRef,
 }
 
-impl FileSource {
-    fn load(&self, bytes: &[u8], generation: u64) -> Result<State, SourceError> {
-        parse(&self.path, bytes, &self.trust_domain, &self.me, generation)
+/// The waypoint's side of the poller: its checks and metric.
+struct FileMode {
+    trust_domain: String,
+    me: WaypointRef,
+    metrics: Arc<Metrics>,
+}
+
+impl FileConfig for FileMode {
+    type State = State;
+    type Error = SourceError;
+
+    fn parse(&self, path: &Path, bytes: &[u8], generation: u64) -> Result<State, SourceError> {
+        parse(path, bytes, &self.trust_domain, &self.me, generation)
     }
 
-    /// Loads the file once (an error here is fatal: there is no last good config yet), then
-    /// polls it in the background.
-    pub fn start(self, metrics: Arc<Metrics>) -> Result<watch::Receiver<Arc<State>>, SourceError> {
-        let mut last = read(&self.path)?;
-        let mut generation = 1;
-        let state = self.load(&last, generation)?;
-        metrics.config_reload("ok");
-        let (tx, rx) = watch::channel(Arc::new(state));
-        tokio::spawn(async move {
-            let mut unreadable = None;
-            loop {
-                tokio::time::sleep(self.interval).await;
-                if tx.is_closed() {
-                    return;
-                }
-                let bytes = match read(&self.path) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        // Once per distinct error, not once per poll.
-                        let msg = e.to_string();
-                        if unreadable.as_ref() != Some(&msg) {
-                            error!(error = %msg, "config file unreadable; keeping last good config");
-                            metrics.config_reload("error");
-                            unreadable = Some(msg);
-                        }
-                        continue;
-                    }
-                };
-                unreadable = None;
-                if bytes == last {
-                    continue;
-                }
-                last = bytes;
-                match self.load(&last, generation + 1) {
-                    Ok(state) => {
-                        generation += 1;
-                        info!(path = %self.path.display(), generation, services = state.services.len(), routes = state.routes.len(), "config reloaded");
-                        metrics.config_reload("ok");
-                        tx.send_replace(Arc::new(state));
-                    }
-                    Err(e) => {
-                        error!(error = %e, "config rejected; keeping last good config");
-                        metrics.config_reload("error");
-                    }
-                }
-            }
-        });
-        Ok(rx)
+    fn reloaded(&self, path: &Path, state: &State, generation: u64) {
+        info!(path = %path.display(), generation, services = state.services.len(), routes = state.routes.len(), "config reloaded");
+    }
+
+    fn outcome(&self, error: Option<&str>) {
+        self.metrics
+            .config_reload(if error.is_some() { "error" } else { "ok" });
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
-    std::fs::read(path).map_err(|source| SourceError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+impl FileSource {
+    /// Loads the file once (an error here is fatal: there is no last good config yet), then
+    /// polls it in the background.
+    pub fn start(self, metrics: Arc<Metrics>) -> Result<watch::Receiver<Arc<State>>, SourceError> {
+        let mode = FileMode {
+            trust_domain: self.trust_domain,
+            me: self.me,
+            metrics,
+        };
+        FilePoller {
+            path: self.path,
+            interval: self.interval,
+        }
+        .start(mode)
+    }
 }
 
 /// Parses and validates a config file's contents for waypoint `me`.

@@ -8,9 +8,9 @@ use std::time::Duration;
 use crate::source::{ConfigSource, FileSource};
 use crate::stream_source::StreamSource;
 use crate::{Options, Ztunnel};
-use ambit_core::ca::CertificateAuthority;
 use ambit_core::certs::{CertificateProvider, LocalCa};
-use ambit_core::control::{Endpoint, RemoteCa};
+use ambit_core::config_source::{local_ca, read_pem, ControlPlaneArgs};
+use ambit_core::control::RemoteCa;
 use ambit_core::hbone::client::PoolConfig;
 use anyhow::Context;
 use clap::Parser;
@@ -26,28 +26,8 @@ pub struct Args {
     /// Name of the node this ztunnel serves.
     #[arg(long, env = "NODE_NAME")]
     node: String,
-    /// The operator's control plane (`host:port`, usually ambit-operator.ambit-system.svc:15012):
-    /// config stream and CA. Excludes --config/--ca-cert/--ca-key.
-    #[arg(long, env = "AMBIT_CONTROL_PLANE")]
-    control_plane: Option<String>,
-    /// The mesh root certificate the control plane's certificate must chain to (stream mode;
-    /// from ConfigMap ambit-ca-root-cert).
-    #[arg(
-        long,
-        env = "AMBIT_ROOT_CERT",
-        default_value = "/var/run/ambit/ca/root-cert.pem"
-    )]
-    root_cert: PathBuf,
-    /// Projected ServiceAccount token sent to the control plane (stream mode; re-read per connection).
-    #[arg(
-        long,
-        env = "AMBIT_TOKEN_FILE",
-        default_value = "/var/run/secrets/tokens/ambit-token"
-    )]
-    token_file: PathBuf,
-    /// SPIFFE ID the control plane must present (default: the operator's in --trust-domain).
-    #[arg(long)]
-    operator_identity: Option<ambit_core::Identity>,
+    #[command(flatten)]
+    control: ControlPlaneArgs,
     /// File mode: mesh config (workloads, services, policies) as YAML; re-read when it changes.
     #[arg(long, env = "AMBIT_CONFIG")]
     config: Option<PathBuf>,
@@ -91,10 +71,6 @@ pub struct Args {
     log_format: String,
 }
 
-fn read_pem(path: &PathBuf, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {what} from {}", path.display()))
-}
-
 type Mode = (Box<dyn ConfigSource>, Arc<dyn CertificateProvider>, String);
 
 /// Exactly one of: the control plane (config stream + remote CA), or a file and a local CA.
@@ -105,37 +81,17 @@ fn mode(args: &Args) -> anyhow::Result<Mode> {
         ("--ca-key", args.ca_key.is_some()),
         ("--extra-root", !args.extra_root.is_empty()),
     ];
-    if let Some(address) = &args.control_plane {
-        let clash: Vec<&str> = file_flags.iter().filter(|f| f.1).map(|f| f.0).collect();
-        anyhow::ensure!(
-            clash.is_empty(),
-            "--control-plane takes config and certificates from the operator; drop {}",
-            clash.join(", ")
-        );
-        let operator_identity = match &args.operator_identity {
-            Some(id) => id.clone(),
-            None => ambit_core::control::operator_identity(&args.trust_domain)?,
-        };
-        let endpoint = Endpoint {
-            address: address.clone(),
-            root_cert: args.root_cert.clone(),
-            operator_identity,
-            token_file: args.token_file.clone(),
-            connect_timeout: Duration::from_secs(10),
-        };
-        // Fail fast on a missing root or token: retrying would not fix them.
-        ambit_core::control::tls::read_roots(&endpoint.root_cert)?;
-        endpoint.token()?;
+    if let Some(endpoint) =
+        args.control
+            .endpoint(&args.trust_domain, &file_flags, "certificates")?
+    {
+        let from = format!("control plane {}", endpoint.address);
         let source = Box::new(StreamSource {
             endpoint: endpoint.clone(),
             node: args.node.clone(),
             trust_domain: args.trust_domain.clone(),
         });
-        return Ok((
-            source,
-            Arc::new(RemoteCa { endpoint }),
-            format!("control plane {address}"),
-        ));
+        return Ok((source, Arc::new(RemoteCa { endpoint }), from));
     }
     let (Some(config), Some(ca_cert), Some(ca_key)) = (&args.config, &args.ca_cert, &args.ca_key)
     else {
@@ -143,12 +99,7 @@ fn mode(args: &Args) -> anyhow::Result<Mode> {
             "give either --control-plane HOST:PORT, or all of --config, --ca-cert and --ca-key"
         );
     };
-    let ca = CertificateAuthority::from_pem(
-        &args.trust_domain,
-        &read_pem(ca_cert, "CA certificate")?,
-        &read_pem(ca_key, "CA key")?,
-    )
-    .context("loading the mesh CA")?;
+    let ca = local_ca(&args.trust_domain, ca_cert, ca_key)?;
     let mut extra_roots = vec![];
     for path in &args.extra_root {
         let pem = read_pem(path, "extra trust root")?;

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ambit_core::certs::BoxFuture;
+use ambit_core::config_source::{FileConfig, FilePoller, ReadError};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::config::MeshConfig;
 use crate::metrics::{Metrics, ResultLabels};
@@ -18,11 +19,8 @@ use crate::state::{ProxyState, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("reading config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path}: trustDomain {found:?} does not match the mesh CA's trust domain {expected:?}; fix the file or ztunnel's --trust-domain")]
@@ -73,27 +71,6 @@ pub struct FileSource {
     pub trust_domain: Option<String>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, SourceError> {
-    std::fs::read(path).map_err(|source| SourceError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-impl FileSource {
-    fn parse(&self, bytes: &[u8]) -> Result<ProxyState, SourceError> {
-        let state = parse(&self.path, bytes)?;
-        match &self.trust_domain {
-            Some(expected) if *expected != state.trust_domain => Err(SourceError::TrustDomain {
-                path: self.path.clone(),
-                found: state.trust_domain,
-                expected: expected.clone(),
-            }),
-            _ => Ok(state),
-        }
-    }
-}
-
 /// Parses and validates a config file's contents.
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<ProxyState, SourceError> {
     let cfg: MeshConfig = serde_yaml::from_slice(bytes).map_err(|e| SourceError::Parse {
@@ -106,13 +83,53 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<ProxyState, SourceError> {
     })
 }
 
-fn count(metrics: &Metrics, result: &str) {
-    metrics
-        .config_reloads
-        .get_or_create(&ResultLabels {
-            result: result.into(),
-        })
-        .inc();
+/// File mode's side of the poller: ztunnel's checks, metric and `/config_dump` status.
+struct FileMode {
+    trust_domain: Option<String>,
+    metrics: Arc<Metrics>,
+    status: Arc<SourceStatus>,
+    path: String,
+}
+
+impl FileConfig for FileMode {
+    type State = ProxyState;
+    type Error = SourceError;
+
+    fn parse(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        _generation: u64,
+    ) -> Result<ProxyState, SourceError> {
+        let state = parse(path, bytes)?;
+        match &self.trust_domain {
+            Some(expected) if *expected != state.trust_domain => Err(SourceError::TrustDomain {
+                path: path.to_path_buf(),
+                found: state.trust_domain,
+                expected: expected.clone(),
+            }),
+            _ => Ok(state),
+        }
+    }
+
+    fn reloaded(&self, path: &Path, state: &ProxyState, _generation: u64) {
+        info!(path = %path.display(), workloads = state.workloads.len(), services = state.services.len(), "config reloaded");
+    }
+
+    fn outcome(&self, error: Option<&str>) {
+        let result = if error.is_some() { "error" } else { "ok" };
+        self.metrics
+            .config_reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.status.set(serde_json::json!({
+            "mode": "file", "path": self.path,
+            // A file is always "connected"; lastError says whether its latest content was kept out.
+            "connected": true, "lastError": error,
+        }));
+    }
 }
 
 impl ConfigSource for FileSource {
@@ -122,61 +139,17 @@ impl ConfigSource for FileSource {
         status: Arc<SourceStatus>,
     ) -> BoxFuture<'static, Result<watch::Receiver<Arc<ProxyState>>, SourceError>> {
         Box::pin(async move {
-            let mut last = read(&self.path)?;
-            let state = self.parse(&last)?;
-            count(&metrics, "ok");
-            let path = self.path.display().to_string();
-            let report = move |error: Option<String>| {
-                status.set(serde_json::json!({
-                    "mode": "file", "path": path,
-                    // A file is always "connected"; lastError says whether its latest content was kept out.
-                    "connected": true, "lastError": error,
-                }))
+            let config = FileMode {
+                trust_domain: self.trust_domain,
+                metrics,
+                status,
+                path: self.path.display().to_string(),
             };
-            report(None);
-            let (tx, rx) = watch::channel(Arc::new(state));
-            tokio::spawn(async move {
-                let mut unreadable = None;
-                loop {
-                    tokio::time::sleep(self.interval).await;
-                    if tx.is_closed() {
-                        return;
-                    }
-                    let bytes = match read(&self.path) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            // Once per distinct error, not once per poll.
-                            let msg = e.to_string();
-                            if unreadable.as_ref() != Some(&msg) {
-                                error!(error = %msg, "config file unreadable; keeping last good config");
-                                report(Some(msg.clone()));
-                                count(&metrics, "error");
-                                unreadable = Some(msg);
-                            }
-                            continue;
-                        }
-                    };
-                    unreadable = None;
-                    if bytes == last {
-                        continue;
-                    }
-                    last = bytes;
-                    match self.parse(&last) {
-                        Ok(state) => {
-                            info!(path = %self.path.display(), workloads = state.workloads.len(), services = state.services.len(), "config reloaded");
-                            count(&metrics, "ok");
-                            report(None);
-                            tx.send_replace(Arc::new(state));
-                        }
-                        Err(e) => {
-                            error!(error = %e, "config rejected; keeping last good config");
-                            count(&metrics, "error");
-                            report(Some(e.to_string()));
-                        }
-                    }
-                }
-            });
-            Ok(rx)
+            FilePoller {
+                path: self.path,
+                interval: self.interval,
+            }
+            .start(config)
         })
     }
 }

@@ -4,25 +4,15 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ambit_cni::agent::{Agent, AgentOptions};
+use ambit_cni::agent::Agent;
 use ambit_testkit::mesh::{metric_sum, node_name, Mesh};
 use ambit_testkit::{contains, Capture};
+use common::cni::*;
 use common::*;
 use serde_json::json;
-
-fn cni_binary() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_ztunnel")).with_file_name("ambit-cni");
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `cargo build -p ambit-cni` (the full test suite does)",
-        p.display()
-    );
-    p
-}
 
 fn write_cluster(m: &Mesh, enrolled: &[&str]) {
     let namespaces: serde_json::Map<String, serde_json::Value> = ["mesh", "plain"]
@@ -51,20 +41,6 @@ fn write_cluster(m: &Mesh, enrolled: &[&str]) {
     std::fs::rename(path.with_extension("tmp"), path).unwrap();
 }
 
-fn start_agent(m: &Mesh, node: usize) -> Agent {
-    Agent::start(AgentOptions {
-        node: node_name(node),
-        cluster_state: m.dir.join("cluster.json"),
-        ztunnel_socket: m.inpod_socket(node),
-        plugin_socket: plugin_socket(m, node),
-        host_netns: m.topo.nodes[node].ns.path(),
-        redirect: Default::default(),
-        resync: Duration::from_millis(200),
-        netns_prefix: Some(m.topo.prefix().to_string()),
-    })
-    .unwrap()
-}
-
 /// A 2-node mesh in node-agent mode: pods given as (node, name, namespace), each with service
 /// account `sa-<name>`; config and cluster state written (namespace `mesh` enrolled), both
 /// ztunnels up, and one agent per node.
@@ -86,10 +62,6 @@ fn agent_mesh(tag: &str, pods: &[(usize, &str, &str)]) -> (Mesh, Vec<usize>, Age
     }
     let (agent0, agent1) = (start_agent(&m, 0), start_agent(&m, 1));
     (m, idx, agent0, agent1)
-}
-
-fn plugin_socket(m: &Mesh, node: usize) -> PathBuf {
-    m.dir.join(format!("agent-{node}.sock"))
 }
 
 /// Invokes the plugin exactly as a container runtime does. Returns (exit ok, stdout, stderr).

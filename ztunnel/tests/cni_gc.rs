@@ -4,32 +4,17 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ambit_cni::agent::{Agent, AgentOptions};
 use ambit_testkit::mesh::{metric_sum, node_name, Mesh};
 use ambit_testkit::{contains, Capture};
+use common::cni::*;
 use common::*;
 use serde_json::json;
 
 const NETWORK: &str = "k8s-pod-network";
 const OTHER_NETWORK: &str = "other-net";
-
-fn cni_binary() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_ztunnel")).with_file_name("ambit-cni");
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `cargo build -p ambit-cni` (the full test suite does)",
-        p.display()
-    );
-    p
-}
-
-fn plugin_socket(m: &Mesh, node: usize) -> PathBuf {
-    m.dir.join(format!("agent-{node}.sock"))
-}
 
 /// Namespace `mesh` enrolled; pods listed without IPs, as the API shows them before CNI ADD
 /// returned, so only ADD captures them and the reconciler never re-captures a released one.
@@ -46,20 +31,6 @@ fn write_cluster(m: &Mesh) {
     let doc =
         json!({"namespaces": {"mesh": {"ambit.dev/dataplane-mode": "ambient"}}, "pods": pods});
     std::fs::write(m.dir.join("cluster.json"), doc.to_string()).unwrap();
-}
-
-fn start_agent(m: &Mesh, node: usize) -> Agent {
-    Agent::start(AgentOptions {
-        node: node_name(node),
-        cluster_state: m.dir.join("cluster.json"),
-        ztunnel_socket: m.inpod_socket(node),
-        plugin_socket: plugin_socket(m, node),
-        host_netns: m.topo.nodes[node].ns.path(),
-        redirect: Default::default(),
-        resync: Duration::from_millis(200),
-        netns_prefix: Some(m.topo.prefix().to_string()),
-    })
-    .unwrap()
 }
 
 /// Runs `input` through the plugin binary; returns (exit ok, stdout + stderr).

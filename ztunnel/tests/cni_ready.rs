@@ -5,9 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use ambit_cni::agent::{Agent, AgentOptions};
+use ambit_cni::agent::Agent;
 use ambit_cni::agent_proto::{call, AgentResponse, PluginRequest};
-use ambit_testkit::mesh::node_name;
 use common::*;
 
 #[test]
@@ -16,19 +15,9 @@ fn readiness_reports_the_ztunnel_connection_without_reconnecting() {
     m.omit_netns = true;
     m.write_config().unwrap();
     std::fs::write(m.dir.join("cluster.json"), "{}").unwrap();
-    let socket = m.dir.join("agent-0.sock");
+    let socket = cni::plugin_socket(&m, 0);
     // A resync far beyond the test: only the first reconcile runs on its own.
-    let agent = Agent::start(AgentOptions {
-        node: node_name(0),
-        cluster_state: m.dir.join("cluster.json"),
-        ztunnel_socket: m.inpod_socket(0),
-        plugin_socket: socket.clone(),
-        host_netns: m.topo.nodes[0].ns.path(),
-        redirect: Default::default(),
-        resync: Duration::from_secs(3600),
-        netns_prefix: Some(m.topo.prefix().to_string()),
-    })
-    .unwrap();
+    let agent = Agent::start(cni::agent_options(&m, 0, Duration::from_secs(3600))).unwrap();
     agent.set_installed(true);
     assert!(eventually(Duration::from_secs(5), || agent
         .ready()

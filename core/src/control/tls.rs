@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 
 use super::ControlError;
 use crate::identity::Identity;
-use crate::tls::{provider, ALPN_H2};
+use crate::tls::{provider, tls13_only_signatures, verified_server_id, ALPN_H2};
 
 #[derive(Debug)]
 struct OperatorVerifier {
@@ -37,16 +36,14 @@ impl ServerCertVerifier for OperatorVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
+        let id = verified_server_id(
             &self.roots,
+            end_entity,
             intermediates,
             now,
-            provider().signature_verification_algorithms.all,
+            "control plane certificate",
+            rejected,
         )?;
-        let id = crate::x509::identity_of(end_entity)
-            .map_err(|e| rejected(format!("control plane certificate: {e}")))?;
         if id != self.expected {
             return Err(rejected(format!(
                 "control plane presented {id}, expected {}; check --operator-identity",
@@ -55,34 +52,7 @@ impl ServerCertVerifier for OperatorVerifier {
         }
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _m: &[u8],
-        _c: &CertificateDer<'_>,
-        _d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    tls13_only_signatures!();
 }
 
 /// Reads the mesh root(s) from a PEM file (re-read per connection: roots rotate).
@@ -182,5 +152,55 @@ impl Endpoint {
         tokio::time::timeout(self.connect_timeout, fut)
             .await
             .map_err(|_| unreachable(format!("timed out after {:?}", self.connect_timeout)))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{generate_csr, CertificateAuthority};
+
+    fn leaf(ca: &CertificateAuthority, id: &str) -> CertificateDer<'static> {
+        let id: Identity = id.parse().unwrap();
+        let (_key, csr) = generate_csr(&id).unwrap();
+        ca.sign_csr(&csr, &id, Duration::from_secs(600)).unwrap()
+    }
+
+    fn verify(v: &OperatorVerifier, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from("op").unwrap();
+        v.verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+            .map(drop)
+    }
+
+    #[test]
+    fn only_the_operator_identity_under_the_mesh_root_is_accepted() {
+        let ca =
+            CertificateAuthority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.root_der()).unwrap();
+        let v = OperatorVerifier {
+            roots,
+            expected: super::super::operator_identity("cluster.local").unwrap(),
+        };
+        let op = "spiffe://cluster.local/ns/ambit-system/sa/ambit-operator";
+        verify(&v, &leaf(&ca, op)).unwrap();
+        let impostor = "spiffe://cluster.local/ns/ambit-system/sa/impostor";
+        match verify(&v, &leaf(&ca, impostor)) {
+            Err(rustls::Error::General(msg)) => assert_eq!(
+                msg,
+                format!(
+                    "control plane presented {impostor}, expected {op}; check --operator-identity"
+                )
+            ),
+            other => panic!("impostor: {other:?}"),
+        }
+        // The right identity from another CA fails the chain check, before the ID is read.
+        let other =
+            CertificateAuthority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        match verify(&v, &leaf(&other, op)) {
+            Err(rustls::Error::InvalidCertificate(_)) => {}
+            other => panic!("foreign root: {other:?}"),
+        }
+        assert!(!v.supported_verify_schemes().is_empty());
     }
 }

@@ -52,6 +52,28 @@ pub struct Accepted {
     pub done: Box<dyn FnOnce(std::io::Result<()>) + Send>,
 }
 
+impl Accepted {
+    /// `upstream`, with no byte counting or end-of-stream hook (test servers, benchmarks).
+    pub fn uncounted(upstream: TcpStream) -> Accepted {
+        Accepted {
+            upstream,
+            sent: Box::new(|_| {}),
+            received: Box::new(|_| {}),
+            done: Box::new(|_| {}),
+        }
+    }
+
+    /// Connects to `addr` and accepts the stream [uncounted](Self::uncounted); a failed
+    /// connect is `503 upstream_connect_failed`.
+    pub async fn connect(addr: SocketAddr) -> Result<Accepted, Reject> {
+        let upstream = TcpStream::connect(addr).await.map_err(|_| Reject {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "upstream_connect_failed",
+        })?;
+        Ok(Accepted::uncounted(upstream))
+    }
+}
+
 pub trait Handler: Clone + Send + Sync + 'static {
     fn open(&self, req: HboneRequest) -> impl Future<Output = Result<Accepted, Reject>> + Send;
 }

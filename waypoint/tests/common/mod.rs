@@ -70,18 +70,7 @@ impl Handler for Inbound {
                 reason: "no_app",
             });
         };
-        let upstream = tokio::net::TcpStream::connect(app)
-            .await
-            .map_err(|_| Reject {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                reason: "upstream_connect_failed",
-            })?;
-        Ok(Accepted {
-            upstream,
-            sent: Box::new(|_| {}),
-            received: Box::new(|_| {}),
-            done: Box::new(|_| {}),
-        })
+        Accepted::connect(*app).await
     }
 }
 

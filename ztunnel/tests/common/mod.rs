@@ -2,6 +2,8 @@
 //! namespaces, and the line app (see `ambit_testkit::apps`) in the pods.
 #![allow(dead_code)]
 
+pub mod cni;
+
 use std::net::IpAddr;
 use std::time::Duration;
 

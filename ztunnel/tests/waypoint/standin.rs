@@ -161,11 +161,6 @@ impl Handler for Relay {
         tokio::spawn(async move {
             let _ = splice(&mut inner, tunnel.send, tunnel.recv, &|_| {}, &|_| {}).await;
         });
-        Ok(Accepted {
-            upstream,
-            sent: Box::new(|_| {}),
-            received: Box::new(|_| {}),
-            done: Box::new(|_| {}),
-        })
+        Ok(Accepted::uncounted(upstream))
     }
 }
