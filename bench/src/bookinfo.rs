@@ -60,7 +60,7 @@ pub struct Args {
     /// Smoke-test sizes: 1 run of 2 s per scenario, 16 connections.
     #[arg(long)]
     pub quick: bool,
-    #[arg(long, default_value = "bench/results/bookinfo.json")]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/bookinfo.json"))]
     pub out: PathBuf,
 }
 
