@@ -244,6 +244,65 @@ async fn proxies_get_the_compiled_mesh_deltas_and_survive_an_operator_restart() 
     assert!(delta.upserts.is_empty(), "{delta:?}");
     apply(&mut stream, &mut held, &delta);
 
+    // A rejected update is reported on the Mesh; the next accepted one clears it.
+    let mesh_condition = |want: &'static str| {
+        let client = client.clone();
+        async move {
+            eventually(&format!("ConfigAccepted={want} on the Mesh"), || async {
+                let mesh = Api::<Mesh>::all(client.clone())
+                    .get("default")
+                    .await
+                    .unwrap();
+                mesh.status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "ConfigAccepted" && c.status == want)
+            })
+            .await
+        }
+    };
+    mesh_condition("True").await;
+    let label = |tier: &'static str| json!({"metadata": {"labels": {"tier": tier}}});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    pods.patch(
+        "reviews-v1",
+        &PatchParams::default(),
+        &Patch::Merge(label("a")),
+    )
+    .await
+    .unwrap();
+    let rejected = stream
+        .update(Duration::from_secs(10))
+        .await
+        .expect("update");
+    stream.tell(ClientMessage::Nack {
+        version: rejected.version,
+        error: "workloads[0] (shop/reviews-v1): refused by the test".into(),
+    });
+    let c = mesh_condition("False").await;
+    assert_eq!(c.reason, "Rejected");
+    for part in [
+        "ambit-system/ztunnel-node-1",
+        "node/node-1",
+        "refused by the test",
+    ] {
+        assert!(c.message.contains(part), "{part} missing: {}", c.message);
+    }
+    pods.patch(
+        "reviews-v1",
+        &PatchParams::default(),
+        &Patch::Merge(label("b")),
+    )
+    .await
+    .unwrap();
+    let accepted = stream
+        .update(Duration::from_secs(10))
+        .await
+        .expect("next update");
+    assert_eq!(keys(&accepted), vec!["workloads/shop/reviews-v1"]);
+    apply(&mut stream, &mut held, &accepted);
+    mesh_condition("True").await;
+
     // A waypoint authenticates as its own ServiceAccount and gets its own target.
     let wp: Waypoint = serde_json::from_value(
         json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Waypoint",

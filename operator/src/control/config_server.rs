@@ -21,7 +21,7 @@ use ambit_core::meshconfig::MeshConfig;
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info};
 
 use super::auth::Caller;
@@ -56,6 +56,8 @@ pub(super) struct Inner {
     pub(super) next_session: AtomicU64,
     pub(super) sessions: Mutex<BTreeMap<u64, ProxyStatus>>,
     pub(super) nacks: Mutex<BTreeMap<(String, String), NackRecord>>,
+    /// Signalled when a NACK is recorded or cleared.
+    pub(super) nacks_changed: Notify,
     pub(super) metrics: Arc<ControlMetrics>,
     pub(super) heartbeat: Duration,
     pub(super) peer_timeout: Duration,
@@ -81,6 +83,7 @@ impl ConfigServer {
                 next_session: AtomicU64::new(0),
                 sessions: Mutex::new(BTreeMap::new()),
                 nacks: Mutex::new(BTreeMap::new()),
+                nacks_changed: Notify::new(),
                 metrics,
                 heartbeat,
                 peer_timeout,
@@ -152,6 +155,11 @@ impl ConfigServer {
     pub fn proxies(&self) -> Vec<ProxyStatus> {
         let sessions = self.inner.sessions.lock().expect("sessions lock");
         sessions.values().cloned().collect()
+    }
+
+    /// Resolves when a NACK has been recorded or cleared since the last call returned.
+    pub async fn nacks_changed(&self) {
+        self.inner.nacks_changed.notified().await;
     }
 
     /// Outstanding NACKs (proxies running an older config than published).

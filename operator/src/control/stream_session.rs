@@ -238,7 +238,10 @@ impl Session {
                 self.held = Held::Acked(sent);
                 self.inner.metrics.count_update("ack");
                 let key = (self.target.to_string(), self.proxy.clone());
-                self.inner.nacks.lock().expect("nacks lock").remove(&key);
+                let cleared = self.inner.nacks.lock().expect("nacks lock").remove(&key);
+                if cleared.is_some() {
+                    self.inner.nacks_changed.notify_one();
+                }
                 if let Some(s) = self
                     .inner
                     .sessions
@@ -265,6 +268,7 @@ impl Session {
                     .lock()
                     .expect("nacks lock")
                     .insert(key, record);
+                self.inner.nacks_changed.notify_one();
             }
             ClientMessage::Ack { version } | ClientMessage::Nack { version, .. } => {
                 debug!(proxy = %self.proxy, version, ?inflight, "stale ACK/NACK ignored");

@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
+use super::nack_status;
 use super::status::{conditions, patch_status};
 use crate::compile::{self, Compiled, Snapshot, StatusOutcome};
 use crate::control::{ConfigServer, WorkloadIndex};
@@ -227,6 +228,7 @@ pub async fn run(
     caches.wait_until_ready().await;
     info!("caches loaded; compiling mesh state");
     let written = WrittenStatus::default();
+    let mut nacks_reported = nack_status::Reported::new();
     let mut generation = 0;
     loop {
         generation += 1;
@@ -277,12 +279,32 @@ pub async fn run(
                 workloads: compiled.config.workloads.len(),
             });
         }
+        let waypoints = waypoint_names(&snapshot);
         if *leading.borrow() {
             write_statuses(&client, &compiled.statuses, &written).await;
+            nack_status::report(&client, &config.nacks(), &waypoints, &mut nacks_reported).await;
         }
-        changed.notified().await;
+        // A proxy's NACK (or its clearing) only needs reporting, not a recompile.
+        loop {
+            tokio::select! {
+                _ = changed.notified() => break,
+                _ = config.nacks_changed() => {
+                    if *leading.borrow() {
+                        nack_status::report(&client, &config.nacks(), &waypoints, &mut nacks_reported).await;
+                    }
+                }
+            }
+        }
         tokio::time::sleep(DEBOUNCE).await;
     }
+}
+
+fn waypoint_names(snapshot: &Snapshot) -> Vec<(String, String)> {
+    snapshot
+        .waypoints
+        .iter()
+        .filter_map(|w| Some((w.metadata.namespace.clone()?, w.metadata.name.clone()?)))
+        .collect()
 }
 
 /// Each waypoint gets the mesh config plus the policies it enforces: the nodes' resources

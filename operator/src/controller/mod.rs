@@ -9,6 +9,7 @@
 pub mod mesh;
 pub mod meshstate;
 pub mod metrics;
+pub mod nack_status;
 pub mod status;
 pub mod waypoint;
 

@@ -259,7 +259,8 @@ pub struct MeshStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready` (every node runs the desired version), `Progressing` (a rollout is under way),
-    /// `Degraded` (a component cannot be brought to the desired state).
+    /// `Degraded` (a component cannot be brought to the desired state), `ConfigAccepted`
+    /// (False names the ztunnels that rejected their config, and the error).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Rollout state of each node-level component.

@@ -77,7 +77,8 @@ pub struct WaypointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Accepted` (the spec is valid), `Programmed` (the Deployment and Service exist and at least
-    /// one replica is ready).
+    /// one replica is ready), `ConfigAccepted` (False names the waypoint proxies that rejected
+    /// their config, and the error).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Proxy pods that are ready.
