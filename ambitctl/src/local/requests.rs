@@ -29,13 +29,7 @@ pub struct TrafficArgs {
 
 pub fn run(args: TrafficArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&args.name)?;
-    let Some(state) = super::state::read(&layout) else {
-        bail!(
-            "sandbox {:?} is not up (no {}): start it with `ambitctl local up --name {0}`",
-            layout.name,
-            layout.state_file().display()
-        );
-    };
+    let state = super::state::require(&layout)?;
     if !nix::unistd::geteuid().is_root() {
         bail!("sending from the client pod enters its network namespace: run it as root (sudo)");
     }

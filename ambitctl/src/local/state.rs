@@ -43,3 +43,14 @@ pub fn write(
 pub fn read(layout: &Layout) -> Option<Value> {
     serde_json::from_str(&std::fs::read_to_string(layout.state_file()).ok()?).ok()
 }
+
+/// The state of a sandbox that must be up, or an error saying how to start it.
+pub fn require(layout: &Layout) -> anyhow::Result<Value> {
+    read(layout).ok_or_else(|| {
+        anyhow::anyhow!(
+            "sandbox {:?} is not up (no {}): start it with `ambitctl local up --name {0}`",
+            layout.name,
+            layout.state_file().display()
+        )
+    })
+}

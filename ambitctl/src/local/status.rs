@@ -1,7 +1,6 @@
 //! `ambitctl local status`: what runs, what the API says (Mesh and Waypoint conditions,
 //! nodes), and which pods each node's ztunnel has captured.
 
-use anyhow::bail;
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -19,13 +18,7 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&args.name)?;
-    let Some(state) = super::state::read(&layout) else {
-        bail!(
-            "sandbox {:?} is not up (no {}): start it with `ambitctl local up --name {0}`",
-            layout.name,
-            layout.state_file().display()
-        );
-    };
+    let state = super::state::require(&layout)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
