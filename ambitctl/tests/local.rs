@@ -406,3 +406,24 @@ fn down_of_a_sandbox_that_never_existed_succeeds() {
     assert_eq!(report["stateDirRemoved"], false);
     assert_eq!(sb.leftovers(None), Vec::<String>::new());
 }
+
+#[test]
+fn traffic_and_status_of_a_sandbox_that_is_not_up_say_how_to_start_it() {
+    let name = format!("nosuch{}", std::process::id());
+    for cmd in ["traffic", "status"] {
+        let out = ambitctl(&["local", cmd, "--name", &name]);
+        assert!(!out.status.success(), "local {cmd} of a missing sandbox");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("is not up") && err.contains(&format!("ambitctl local up --name {name}")),
+            "{err}"
+        );
+    }
+    let out = ambitctl(&["local", "traffic", "--name", &name, "-c", "0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--concurrency") && err.contains("1..=256"),
+        "{err}"
+    );
+}
