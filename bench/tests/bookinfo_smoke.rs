@@ -15,11 +15,18 @@ use serde_json::Value;
 const SANDBOX: &str = "bkinfo-smoke";
 
 /// The sandbox runs `ambitctl`, `ambit-cni`, `ambit-cni-agent` and `waypoint` from next to
-/// `ambitctl`; cargo builds only this package's binary for its tests, so build those (a no-op
-/// when the workspace is built already, as in CI).
-fn build_sandbox_binaries() -> PathBuf {
+/// `ambitctl`. A workspace test run (CI) has built them already, with the workspace's features,
+/// and other tests are running them: use them as they are. Only a run of this package alone,
+/// where they may be missing, builds them (with this package's feature set, which differs: doing
+/// that in a workspace run would recompile several crates mid-run and replace binaries under
+/// running tests, which made CI time out).
+fn sandbox_binaries() -> PathBuf {
     let bench = Path::new(env!("CARGO_BIN_EXE_ambit-bench"));
     let profile_dir = bench.parent().expect("binary in a profile dir");
+    let needed = ["ambitctl", "ambit-cni", "ambit-cni-agent", "waypoint"];
+    if needed.iter().all(|b| profile_dir.join(b).is_file()) {
+        return profile_dir.join("ambitctl");
+    }
     let target_dir = profile_dir.parent().expect("profile dir in a target dir");
     let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
     cargo
@@ -56,7 +63,7 @@ fn bookinfo_quick_run_measures_three_configurations_and_cleans_up() {
         eprintln!("skipping: the Bookinfo benchmark needs root (network namespaces)");
         return;
     }
-    let ambitctl = build_sandbox_binaries();
+    let ambitctl = sandbox_binaries();
     let ambitctl = ambitctl.to_string_lossy().into_owned();
     let r = run_report(
         &[

@@ -6,11 +6,12 @@ mod apisim_common;
 use std::sync::Arc;
 
 use ambit_apisim::{ApiServer, ApiServerHandle};
-use ambit_operator::controller::{mesh, waypoint, Context, Error, ReconcileMetrics};
+use ambit_operator::controller::{mesh, on_error, waypoint, Context, Error, ReconcileMetrics};
 use ambit_operator::crd::{Mesh, Waypoint};
 use ambit_operator::render::dataplane::ControlPlane;
 use apisim_common::{client_for, install, operator_client, OPERATOR_AGENT};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
 use serde_json::json;
 
 async fn setup(namespaces: &[&str]) -> (ApiServerHandle, Arc<Context>) {
@@ -202,6 +203,63 @@ async fn an_api_failure_stops_the_reconcile_at_the_failing_call() {
     let action = ambit_operator::controller::on_error(mesh::CONTROLLER, &err, &ctx);
     assert_eq!(ctx.metrics.errors(mesh::CONTROLLER, "apply"), 1);
     assert!(format!("{action:?}").contains("5s"), "{action:?}");
+}
+
+/// Two writers share the Mesh's conditions (its reconciler and the config-rejection
+/// reporter). A reconcile working from an older copy must not put back what the other wrote:
+/// its status write is conditional on the version it read, the conflict is not counted as an
+/// error, and the reconcile from the newer copy keeps the other writer's condition.
+#[tokio::test]
+async fn a_status_computed_from_a_stale_mesh_does_not_overwrite_a_newer_condition() {
+    let (server, ctx) = setup(&["ambit-system"]).await;
+    let m = create_mesh(&server, json!({})).await;
+    mesh::reconcile(m, ctx.clone()).await.unwrap(); // finalizer
+    let stale = fresh_mesh(&server).await;
+    let api: Api<Mesh> = Api::all(client_for(&server));
+    let other_writer = json!({"status": {"conditions": [{
+        "type": "ConfigAccepted", "status": "False", "reason": "Rejected",
+        "message": "ztunnel-1 rejected version 3", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    api.patch_status(
+        "default",
+        &PatchParams::default(),
+        &Patch::Merge(&other_writer),
+    )
+    .await
+    .unwrap();
+    calls(&server);
+
+    let error = mesh::reconcile(stale, ctx.clone())
+        .await
+        .expect_err("a write based on an older version is refused");
+    assert!(error.is_conflict(), "{error}");
+    assert_eq!(
+        on_error(mesh::CONTROLLER, &error, &ctx),
+        Action::requeue(std::time::Duration::from_millis(200))
+    );
+    assert_eq!(ctx.metrics.errors(mesh::CONTROLLER, "status"), 0);
+    let condition = |m: &Mesh, t: &str| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == t).cloned())
+    };
+    let now = api.get("default").await.unwrap();
+    assert_eq!(
+        condition(&now, "ConfigAccepted").map(|c| c.status),
+        Some("False".to_string())
+    );
+    assert!(condition(&now, "Accepted").is_none(), "nothing was written");
+
+    mesh::reconcile(Arc::new(now), ctx.clone()).await.unwrap();
+    let now = api.get("default").await.unwrap();
+    assert_eq!(
+        condition(&now, "ConfigAccepted").map(|c| c.status),
+        Some("False".to_string()),
+        "the reconcile keeps the other writer's condition"
+    );
+    assert_eq!(
+        condition(&now, "Accepted").map(|c| c.status),
+        Some("True".to_string())
+    );
 }
 
 #[tokio::test]

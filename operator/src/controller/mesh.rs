@@ -59,7 +59,7 @@ pub async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Err
             conditions: conds,
             ..Default::default()
         };
-        patch_status(&api, &mesh.name_any(), &status).await?;
+        patch_status(&api, &*mesh, &status).await?;
         return Ok(Action::await_change());
     }
     finalizer(&api, FINALIZER, mesh, |event| async {
@@ -203,7 +203,7 @@ async fn report_degraded(mesh: &Mesh, api: &Api<Mesh>, error: &Error) {
         ..previous.clone()
     };
     if status != previous {
-        if let Err(e) = patch_status(api, &mesh.name_any(), &status).await {
+        if let Err(e) = patch_status(api, mesh, &status).await {
             tracing::warn!(error = %e, "could not report Degraded on the Mesh");
         }
     }
@@ -231,7 +231,7 @@ async fn apply(mesh: &Mesh, ctx: &Context, api: &Api<Mesh>) -> Result<Action, Er
             ),
             components: previous.components.clone(),
         };
-        patch_status(api, &name, &status).await?;
+        patch_status(api, mesh, &status).await?;
         return Ok(Action::await_change());
     }
 
@@ -282,7 +282,7 @@ async fn apply(mesh: &Mesh, ctx: &Context, api: &Api<Mesh>) -> Result<Action, Er
         },
     };
     if status != previous {
-        patch_status(api, &name, &status).await?;
+        patch_status(api, mesh, &status).await?;
     }
     if ready && !was_ready {
         info!(mesh = %name, %summary, "data plane ready");

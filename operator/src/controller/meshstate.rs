@@ -25,7 +25,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use super::nack_status;
-use super::status::{conditions, patch_status};
+use super::status::{conditions, set_status_fresh};
 use crate::compile::{self, Compiled, Snapshot, StatusOutcome};
 use crate::control::{ConfigServer, WorkloadIndex};
 use crate::crd::common::CommonStatus;
@@ -429,19 +429,12 @@ where
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), &outcome.namespace);
-    let previous = match api.get_opt(&outcome.name).await {
-        Ok(Some(obj)) => current(&obj).unwrap_or_default(),
-        Ok(None) => return Ok(()),
-        Err(source) => {
-            return Err(super::Error::Read {
-                what: format!("{} {}/{}", outcome.kind, outcome.namespace, outcome.name),
-                source,
-            })
-        }
-    };
-    let status = CommonStatus {
-        observed_generation: outcome.generation,
-        conditions: conditions(&previous, outcome.conditions.clone(), outcome.generation),
-    };
-    patch_status(&api, &outcome.name, &status).await
+    set_status_fresh(&api, &outcome.name, |obj| {
+        let previous = current(obj).unwrap_or_default();
+        Some(CommonStatus {
+            observed_generation: outcome.generation,
+            conditions: conditions(&previous, outcome.conditions.clone(), outcome.generation),
+        })
+    })
+    .await
 }

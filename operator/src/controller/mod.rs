@@ -101,6 +101,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// A status write refused because the object changed since it was read (409): not a
+    /// failure, the newer object is on its way through the watch.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Status { source: kube::Error::Api(e), .. } if e.code == 409)
+    }
+
     /// Short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -121,6 +127,10 @@ pub fn on_error(controller: &'static str, error: &Error, ctx: &Context) -> Actio
     if let Error::Waiting(what) = error {
         tracing::info!(controller, "{what}");
         return Action::requeue(Duration::from_secs(2));
+    }
+    if error.is_conflict() {
+        tracing::debug!(controller, %error, "status computed from an older version; recomputing");
+        return Action::requeue(Duration::from_millis(200));
     }
     warn!(controller, %error, "reconcile failed; retrying in 5s");
     ctx.metrics.error(controller, error.reason());

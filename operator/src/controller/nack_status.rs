@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use super::status::conditions;
+use super::status::{conditions, set_status_fresh};
 use crate::control::NackRecord;
 use crate::crd::common::{ConditionStatus as S, ConditionUpdate};
 use crate::crd::mesh::DEFAULT_MESH_NAME;
@@ -112,22 +112,16 @@ async fn set<K>(
     name: &str,
     update: &ConditionUpdate,
     current: impl Fn(&K) -> Option<Vec<Condition>>,
-) -> Result<(), kube::Error>
+) -> Result<(), super::Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    let Some(obj) = api.get_opt(name).await? else {
-        return Ok(());
-    };
-    let previous = current(&obj).unwrap_or_default();
-    let next = conditions(&previous, vec![update.clone()], obj.meta().generation);
-    if next == previous {
-        return Ok(());
-    }
-    let body = serde_json::json!({"status": {"conditions": next}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
-        .await
-        .map(|_| ())
+    set_status_fresh(api, name, |obj| {
+        let previous = current(obj).unwrap_or_default();
+        let next = conditions(&previous, vec![update.clone()], obj.meta().generation);
+        (next != previous).then(|| serde_json::json!({ "conditions": next }))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub async fn reconcile(wp: Arc<Waypoint>, ctx: Arc<Context>) -> Result<Action, E
             ),
             ..previous.clone()
         };
-        patch_status(&api, &name, &status).await?;
+        patch_status(&api, &*wp, &status).await?;
         return Ok(Action::await_change());
     }
 
@@ -81,7 +81,7 @@ pub async fn reconcile(wp: Arc<Waypoint>, ctx: Arc<Context>) -> Result<Action, E
             ),
             ..previous.clone()
         };
-        patch_status(&api, &name, &status).await?;
+        patch_status(&api, &*wp, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
 
@@ -157,7 +157,7 @@ pub async fn reconcile(wp: Arc<Waypoint>, ctx: Arc<Context>) -> Result<Action, E
         address,
     };
     if status != previous {
-        patch_status(&api, &name, &status).await?;
+        patch_status(&api, &*wp, &status).await?;
     }
     if now_programmed && !was_programmed {
         let event = KubeEvent {
