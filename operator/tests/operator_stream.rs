@@ -421,6 +421,60 @@ async fn proxies_get_the_compiled_mesh_deltas_and_survive_an_operator_restart() 
         50
     );
 
+    // The waypoint proxy rejects that update: its Waypoint says so, naming the proxy; the Mesh
+    // does not (the ztunnels took theirs). Its next accepted update clears the condition.
+    let waypoint_condition = |want: &'static str| {
+        let client = client.clone();
+        async move {
+            eventually(
+                &format!("ConfigAccepted={want} on the Waypoint"),
+                || async {
+                    let wp = Api::<Waypoint>::namespaced(client.clone(), "shop")
+                        .get("shop-waypoint")
+                        .await
+                        .unwrap();
+                    wp.status?
+                        .conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "ConfigAccepted" && c.status == want)
+                },
+            )
+            .await
+        }
+    };
+    waypoint_condition("True").await;
+    wp_stream.tell(ClientMessage::Nack {
+        version: delta.version,
+        error: "routes[0] (shop/ratings-canary): refused by the test".into(),
+    });
+    let c = waypoint_condition("False").await;
+    assert_eq!(c.reason, "Rejected");
+    for part in [
+        "shop/shop-waypoint-0",
+        "waypoint/shop/shop-waypoint",
+        "refused by the test",
+    ] {
+        assert!(c.message.contains(part), "{part} missing: {}", c.message);
+    }
+    mesh_condition("True").await;
+    routes
+        .patch(
+            "ratings-canary",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rules": [{"backends": [
+            {"subset": {"version": "v1"}, "weight": 60},
+            {"subset": {"version": "v2"}, "weight": 40}]}]}})),
+        )
+        .await
+        .unwrap();
+    let accepted = wp_stream
+        .update(Duration::from_secs(10))
+        .await
+        .expect("next route change");
+    assert_eq!(keys(&accepted), vec![route_key.to_string()]);
+    apply(&mut wp_stream, &mut wp_held, &accepted);
+    waypoint_condition("True").await;
+
     // The waypoint pod and its ztunnel change the node config; take that in before the restart.
     while let Some(u) = stream.update(Duration::from_millis(800)).await {
         apply(&mut stream, &mut held, &u);
