@@ -8,5 +8,6 @@ pub mod controller;
 pub mod crd;
 pub mod health;
 pub mod leader;
+pub mod mesh_follow;
 pub mod render;
 pub mod runtime;

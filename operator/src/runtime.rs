@@ -181,6 +181,10 @@ pub async fn run(
     let server = Server::new(server_cfg).await?;
     server.metrics().register(&mut registry);
     let publisher = server.publisher();
+    let ttl_follower = tokio::spawn(crate::mesh_follow::follow_certificate_ttl(
+        client.clone(),
+        server.leaf_ttl(),
+    ));
     let metrics_server = crate::health::serve_metrics(opts.metrics, Arc::new(registry))
         .await
         .with_context(|| format!("metrics endpoint {}", opts.metrics))?;
@@ -264,6 +268,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
     }
     compile.abort();
+    ttl_follower.abort();
     serving.abort();
     health.abort();
     metrics_server.abort();

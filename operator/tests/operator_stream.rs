@@ -7,83 +7,20 @@ mod apisim_common;
 mod control_common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_apisim::ApiServer;
 use ambit_core::control::proto::{ClientMessage, Subscribe, Update};
-use ambit_core::control::{operator_identity, Endpoint};
+use ambit_core::control::Endpoint;
 use ambit_operator::crd::{Mesh, TrafficRoute, Waypoint};
 use ambit_operator::runtime::run;
-use apisim_common::{client_for, eventually, install, options};
+use apisim_common::{
+    client_for, eventually, free_addr, install, options, pod, token_file, ztunnel_endpoint,
+};
 use control_common::RawStream;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::Client;
 use serde_json::json;
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-async fn pod(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    node: &str,
-    sa: &str,
-    ip: &str,
-    labels: serde_json::Value,
-) {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let obj = json!({
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"nodeName": node, "serviceAccountName": sa,
-                 "containers": [{"name": "app", "image": "demo", "ports": [{"name": "http", "containerPort": 9080}]}]},
-    });
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(obj).unwrap(),
-    )
-    .await
-    .unwrap();
-    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-        "conditions": [{"type": "Ready", "status": "True"}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-}
-
-/// A token for `ns/sa` bound to `pod`, with the audience proxies use, written to a file.
-async fn token_file(client: &Client, dir: &Path, ns: &str, sa: &str, pod: &str) -> PathBuf {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    // The operator may be creating it at the same moment (a waypoint's ServiceAccount).
-    let obj = json!({"metadata": {"name": sa, "namespace": ns}});
-    match sas
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(obj).unwrap(),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating ServiceAccount {ns}/{sa}: {e}"),
-    }
-    let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["ambit"], "expirationSeconds": 3600,
-                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod}}});
-    let tr: TokenRequest = sas
-        .create_subresource("token", sa, &PostParams::default(), &request)
-        .await
-        .unwrap();
-    let path = dir.join(format!("{sa}.token"));
-    std::fs::write(&path, tr.status.unwrap().token).unwrap();
-    path
-}
 
 fn keys(u: &Update) -> Vec<String> {
     u.upserts.iter().map(|r| r.key.clone()).collect()
@@ -172,23 +109,7 @@ async fn proxies_get_the_compiled_mesh_deltas_and_survive_an_operator_restart() 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let operator = tokio::spawn(run(client_for(&server), options(listen), stop_rx));
 
-    // What a ztunnel is given by its DaemonSet: the root cert and a projected token.
-    let root = eventually("root cert ConfigMap", || async {
-        Api::<ConfigMap>::namespaced(client.clone(), "ambit-system")
-            .get_opt("ambit-ca-root-cert")
-            .await
-            .unwrap()
-    })
-    .await;
-    let root_path = dir.join("root-cert.pem");
-    std::fs::write(&root_path, &root.data.unwrap()["root-cert.pem"]).unwrap();
-    let endpoint = Endpoint {
-        address: listen.to_string(),
-        root_cert: root_path,
-        operator_identity: operator_identity("cluster.local").unwrap(),
-        token_file: token_file(&client, &dir, "ambit-system", "ztunnel", "ztunnel-node-1").await,
-        connect_timeout: Duration::from_secs(5),
-    };
+    let endpoint = ztunnel_endpoint(&client, &dir, listen, "ztunnel-node-1").await;
     let subscribe = |known: BTreeMap<String, String>| Subscribe {
         target: "node/node-1".parse().unwrap(),
         known,

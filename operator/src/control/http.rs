@@ -172,7 +172,7 @@ async fn sign(req: Request<RecvStream>, shared: &Shared) -> Result<SignResponse,
         .ok_or_else(|| invalid("csrPem holds no PEM CERTIFICATE REQUEST".into()))?;
     let leaf = shared
         .ca
-        .sign_csr(csr.as_ref(), &identity, shared.leaf_ttl)
+        .sign_csr(csr.as_ref(), &identity, shared.leaf_ttl.get())
         .map_err(|e| match e {
             CaError::BadCsr(_)
             | CaError::CsrSanMismatch { .. }

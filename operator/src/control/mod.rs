@@ -15,6 +15,7 @@ pub mod serving;
 mod stream_session;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,13 +91,33 @@ pub enum ServerError {
     Cert(#[from] serving::ServingCertError),
 }
 
+/// The lifetime of issued workload certificates, shared between the CA handler and whoever
+/// follows the Mesh (a lock-free read per signing request).
+#[derive(Clone, Debug)]
+pub struct LeafTtl(Arc<AtomicU64>);
+
+impl LeafTtl {
+    pub fn new(ttl: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(ttl.as_millis() as u64)))
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Sets the lifetime of certificates issued from now on; returns the previous one.
+    pub fn set(&self, ttl: Duration) -> Duration {
+        Duration::from_millis(self.0.swap(ttl.as_millis() as u64, Ordering::Relaxed))
+    }
+}
+
 /// What request handlers share.
 pub(crate) struct Shared {
     ca: Arc<CertificateAuthority>,
     reviewer: Arc<dyn TokenReviewer>,
     index: Arc<dyn WorkloadIndex>,
     authorizer: Authorizer,
-    leaf_ttl: Duration,
+    leaf_ttl: LeafTtl,
     config: ConfigServer,
     metrics: Arc<ControlMetrics>,
 }
@@ -133,7 +154,7 @@ impl Server {
             reviewer: cfg.reviewer,
             index: cfg.index,
             authorizer: cfg.authorizer,
-            leaf_ttl: cfg.leaf_ttl,
+            leaf_ttl: LeafTtl::new(cfg.leaf_ttl),
             metrics,
         });
         Ok(Self {
@@ -155,6 +176,12 @@ impl Server {
 
     pub fn metrics(&self) -> Arc<ControlMetrics> {
         self.shared.metrics.clone()
+    }
+
+    /// The lifetime of the workload certificates this server issues, changeable while it runs
+    /// (the Mesh's `certificateTtl`).
+    pub fn leaf_ttl(&self) -> LeafTtl {
+        self.shared.leaf_ttl.clone()
     }
 
     /// Accepts connections until the future is dropped; dropping it also closes every

@@ -58,7 +58,8 @@ pub struct MeshSpec {
     /// Log level of every component, unless the component overrides it.
     #[serde(default)]
     pub log_level: LogLevel,
-    /// Lifetime of workload certificates. They are rotated at half-life.
+    /// Lifetime of workload certificates. They are rotated at half-life. A change applies to
+    /// certificates issued from then on (no restart).
     #[serde(default = "default_certificate_ttl")]
     pub certificate_ttl: Duration,
     /// The per-node L4 proxy (DaemonSet).

@@ -2,14 +2,18 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ambit_apisim::ApiServerHandle;
+use ambit_core::control::{operator_identity, Endpoint};
 use ambit_operator::leader::LeaseTimings;
 use ambit_operator::runtime::Options;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -80,5 +84,92 @@ pub fn options(listen: std::net::SocketAddr) -> Options {
             renew_deadline: Duration::from_secs(2),
             retry_period: Duration::from_millis(300),
         },
+    }
+}
+
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+pub async fn pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    node: &str,
+    sa: &str,
+    ip: &str,
+    labels: serde_json::Value,
+) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let obj = json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "serviceAccountName": sa,
+                 "containers": [{"name": "app", "image": "demo", "ports": [{"name": "http", "containerPort": 9080}]}]},
+    });
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(obj).unwrap(),
+    )
+    .await
+    .unwrap();
+    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// A token for `ns/sa` bound to `pod`, with the audience proxies use, written to a file.
+pub async fn token_file(client: &Client, dir: &Path, ns: &str, sa: &str, pod: &str) -> PathBuf {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    // The operator may be creating it at the same moment (a waypoint's ServiceAccount).
+    let obj = json!({"metadata": {"name": sa, "namespace": ns}});
+    match sas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).unwrap(),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating ServiceAccount {ns}/{sa}: {e}"),
+    }
+    let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": ["ambit"], "expirationSeconds": 3600,
+                 "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod}}});
+    let tr: TokenRequest = sas
+        .create_subresource("token", sa, &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let path = dir.join(format!("{sa}.token"));
+    std::fs::write(&path, tr.status.unwrap().token).unwrap();
+    path
+}
+
+/// What a ztunnel on `pod`'s node is given by its DaemonSet: the root certificate (from the
+/// ConfigMap the operator writes, waited for) and a projected token, as files in `dir`.
+pub async fn ztunnel_endpoint(
+    client: &Client,
+    dir: &Path,
+    listen: SocketAddr,
+    pod: &str,
+) -> Endpoint {
+    let root = eventually("root cert ConfigMap", || async {
+        Api::<ConfigMap>::namespaced(client.clone(), "ambit-system")
+            .get_opt("ambit-ca-root-cert")
+            .await
+            .unwrap()
+    })
+    .await;
+    let root_path = dir.join("root-cert.pem");
+    std::fs::write(&root_path, &root.data.unwrap()["root-cert.pem"]).unwrap();
+    Endpoint {
+        address: listen.to_string(),
+        root_cert: root_path,
+        operator_identity: operator_identity("cluster.local").unwrap(),
+        token_file: token_file(client, dir, "ambit-system", "ztunnel", pod).await,
+        connect_timeout: Duration::from_secs(5),
     }
 }
