@@ -38,6 +38,35 @@ pub enum SendError {
     Unavailable(Unavailable),
 }
 
+/// An HTTP/2 request must carry `:authority` and `:scheme`, but a caller may send only a `Host`
+/// header (RFC 9113 allows it) or, from HTTP/1.1, an origin-form target: the URI is made
+/// absolute from `Host` (or, without one, from the endpoint's address) as RFC 9113 §8.3.1
+/// asks of an intermediary. The scheme is `http`: TLS is the tunnel's, not the app's.
+fn with_authority<B>(req: &mut Request<B>, endpoint: SocketAddr) {
+    if req.uri().authority().is_some() {
+        return;
+    }
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .unwrap_or_else(|| {
+            endpoint
+                .to_string()
+                .parse()
+                .expect("a socket address is an authority")
+        });
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = http::Uri::from_parts(parts).expect("scheme, authority and path are set");
+    *req.version_mut() = http::Version::HTTP_2;
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct ConnKey {
     endpoint: SocketAddr,
@@ -176,6 +205,8 @@ impl Upstream {
                     sender
                 }
             };
+            let mut req = req;
+            with_authority(&mut req, ep.addr);
             return sender.send_request(req).await.map_err(reset);
         }
         let mut sender = match self.idle_h1(&key) {
@@ -261,5 +292,41 @@ impl Upstream {
                 endpoint: ep.addr,
                 why: e.to_string(),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut b = Request::get(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn http2_requests_get_an_authority_from_host_or_the_endpoint() {
+        let ep: SocketAddr = "10.1.2.3:9080".parse().unwrap();
+        let mut r = req("/a?b=1", Some("api.shop:8080"));
+        with_authority(&mut r, ep);
+        assert_eq!(r.uri(), "http://api.shop:8080/a?b=1");
+        assert_eq!(r.version(), http::Version::HTTP_2);
+
+        let mut r = req("/x", None);
+        with_authority(&mut r, ep);
+        assert_eq!(r.uri(), "http://10.1.2.3:9080/x");
+
+        // A Host that is not an authority falls back to the endpoint, never fails the request.
+        let mut r = req("/x", Some("bad host"));
+        with_authority(&mut r, ep);
+        assert_eq!(r.uri(), "http://10.1.2.3:9080/x");
+
+        // An absolute URI is left exactly as the caller sent it.
+        let mut r = req("https://other.example/y", Some("api.shop"));
+        with_authority(&mut r, ep);
+        assert_eq!(r.uri(), "https://other.example/y");
     }
 }

@@ -84,6 +84,21 @@ async fn http1_http2_grpc_websocket_and_tcp_pass_through() {
     let v: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!((s, v["version"].as_str()), (200, Some("HTTP/2.0")));
 
+    // HTTP/2 without `:authority`, only a Host header (RFC 9113 allows it; an HTTP/1.1
+    // request's head goes out this way): the waypoint builds the authority from Host.
+    let req = Request::get("/h2-host-only")
+        .version(http::Version::HTTP_11)
+        .header("host", "api.shop")
+        .body(body::empty())
+        .unwrap();
+    let (s, _, bytes) = read(h2.send_request(req).await.unwrap()).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&bytes));
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (v["version"].as_str(), v["path"].as_str()),
+        (Some("HTTP/2.0"), Some("/h2-host-only"))
+    );
+
     // gRPC unary: body echoed, trailers arrive.
     let req = Request::post("http://api.shop/pkg.Echo/Unary")
         .header("content-type", "application/grpc")
