@@ -6,10 +6,9 @@ mod apisim_common;
 
 use std::time::Duration;
 
-use ambit_apisim::ApiServer;
-use ambit_operator::crd::{BackendPolicy, Mesh, TrafficRoute, Waypoint};
+use ambit_operator::crd::{BackendPolicy, TrafficRoute, Waypoint};
 use ambit_operator::runtime::run;
-use apisim_common::{client_for, eventually, install, options};
+use apisim_common::{api_with, client_for, create_mesh, eventually, options};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
@@ -69,27 +68,15 @@ fn canary() -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_and_policy_status_is_written_and_follows_the_waypoint_label() {
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = client_for(&server);
-    install(
-        &client,
-        &[
-            ("ambit-system", json!({})),
-            (
-                "shop",
-                json!({"ambit.dev/dataplane-mode": "ambient", "ambit.dev/use-waypoint": "wp"}),
-            ),
-        ],
-    )
+    let (server, client) = api_with(&[
+        ("ambit-system", json!({})),
+        (
+            "shop",
+            json!({"ambit.dev/dataplane-mode": "ambient", "ambit.dev/use-waypoint": "wp"}),
+        ),
+    ])
     .await;
-    create::<Mesh>(
-        Api::all(client.clone()),
-        json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh",
-        "metadata": {"name": "default"}, "spec": {}}),
-    )
-    .await;
+    create_mesh(&client, json!({})).await;
     create::<Service>(
         Api::namespaced(client.clone(), "shop"),
         json!({"metadata": {"name": "reviews", "namespace": "shop"},

@@ -6,10 +6,9 @@ mod apisim_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_apisim::ApiServer;
 use ambit_operator::controller::meshstate::Caches;
 use ambit_operator::crd::AuthorizationPolicy;
-use apisim_common::{client_for, install};
+use apisim_common::api_with;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -29,15 +28,8 @@ async fn settle(changed: &Notify) {
 
 #[tokio::test]
 async fn status_writes_do_not_wake_the_compiler_but_spec_changes_do() {
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = client_for(&server);
-    install(
-        &client,
-        &[("prod", json!({"ambit.dev/dataplane-mode": "ambient"}))],
-    )
-    .await;
+    let (_server, client) =
+        api_with(&[("prod", json!({"ambit.dev/dataplane-mode": "ambient"}))]).await;
     let policies: Api<AuthorizationPolicy> = Api::namespaced(client.clone(), "prod");
     let policy = json!({
         "apiVersion": "ambit.dev/v1alpha1", "kind": "AuthorizationPolicy",

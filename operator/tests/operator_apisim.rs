@@ -8,10 +8,10 @@ mod apisim_common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ambit_apisim::{ApiServer, ApiServerHandle};
+use ambit_apisim::ApiServerHandle;
 use ambit_operator::crd::{Mesh, Waypoint};
 use ambit_operator::runtime::run;
-use apisim_common::{client_for, eventually, install, operator_client, options, OPERATOR_AGENT};
+use apisim_common::{api_with, create_mesh, eventually, operator_client, options, OPERATOR_AGENT};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -58,18 +58,13 @@ async fn mesh_and_waypoints_are_reconciled_and_cleaned_up() {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .with_test_writer()
         .try_init();
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = client_for(&server);
-    install(&client, &[("ambit-system", json!({})), ("shop", json!({}))]).await;
+    let (server, client) = api_with(&[("ambit-system", json!({})), ("shop", json!({}))]).await;
     let meshes: Api<Mesh> = Api::all(client.clone());
-    let mesh: Mesh = serde_json::from_value(json!({
-        "apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
-        "spec": {"trustDomain": "example.org", "ztunnel": {"image": "reg/ztunnel:1.0.0"}}
-    }))
-    .unwrap();
-    meshes.create(&PostParams::default(), &mesh).await.unwrap();
+    create_mesh(
+        &client,
+        json!({"trustDomain": "example.org", "ztunnel": {"image": "reg/ztunnel:1.0.0"}}),
+    )
+    .await;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let operator = tokio::spawn(run(
@@ -343,11 +338,7 @@ fn check_calls_against_chart_rbac(server: &ApiServerHandle) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_election_it_reconciles_and_it_stops_even_before_a_mesh_exists() {
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = client_for(&server);
-    install(&client, &[("ambit-system", json!({}))]).await;
+    let (server, client) = api_with(&[("ambit-system", json!({}))]).await;
 
     // No Mesh yet: the operator waits for one, and a stop request still ends it promptly.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -360,14 +351,7 @@ async fn without_election_it_reconciles_and_it_stops_even_before_a_mesh_exists()
     assert!(matches!(result, Ok(Ok(Ok(())))), "{result:?}");
 
     // A single replica without election reconciles (and keeps running).
-    let mesh: Mesh =
-        serde_json::from_value(json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh",
-        "metadata": {"name": "default"}, "spec": {}}))
-        .unwrap();
-    Api::<Mesh>::all(client.clone())
-        .create(&PostParams::default(), &mesh)
-        .await
-        .unwrap();
+    create_mesh(&client, json!({})).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let operator = tokio::spawn(run(operator_client(&server), opts, stop_rx));
     let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "ambit-system");

@@ -7,14 +7,15 @@ mod apisim_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_apisim::ApiServer;
 use ambit_core::certs::CertManager;
 use ambit_core::control::RemoteCa;
 use ambit_core::Identity;
 use ambit_operator::crd::Mesh;
 use ambit_operator::runtime::run;
-use apisim_common::{client_for, eventually, free_addr, install, options, pod, ztunnel_endpoint};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use apisim_common::{
+    api_with, client_for, create_mesh, eventually, free_addr, options, pod, ztunnel_endpoint,
+};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 /// Lifetime of a certificate freshly issued for `identity`.
@@ -33,24 +34,13 @@ fn about(life: Duration, want: Duration) -> bool {
 async fn a_new_certificate_ttl_applies_to_the_next_certificate_without_a_restart() {
     let dir = std::env::temp_dir().join(format!("ambit-opca-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = client_for(&server);
-    install(
-        &client,
-        &[
-            ("ambit-system", json!({})),
-            ("shop", json!({"ambit.dev/dataplane-mode": "ambient"})),
-        ],
-    )
+    let (server, client) = api_with(&[
+        ("ambit-system", json!({})),
+        ("shop", json!({"ambit.dev/dataplane-mode": "ambient"})),
+    ])
     .await;
+    create_mesh(&client, json!({})).await;
     let meshes: Api<Mesh> = Api::all(client.clone());
-    let mesh: Mesh =
-        serde_json::from_value(json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh",
-        "metadata": {"name": "default"}, "spec": {}}))
-        .unwrap();
-    meshes.create(&PostParams::default(), &mesh).await.unwrap();
     pod(
         &client,
         "shop",

@@ -9,13 +9,13 @@ mod control_common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ambit_apisim::ApiServer;
 use ambit_core::control::proto::{ClientMessage, Subscribe, Update};
 use ambit_core::control::Endpoint;
 use ambit_operator::crd::{Mesh, TrafficRoute, Waypoint};
 use ambit_operator::runtime::run;
 use apisim_common::{
-    client_for, eventually, free_addr, install, options, pod, token_file, ztunnel_endpoint,
+    api_with, client_for, create_mesh, eventually, free_addr, options, pod, token_file,
+    ztunnel_endpoint,
 };
 use control_common::RawStream;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -44,26 +44,12 @@ fn apply(stream: &mut RawStream, held: &mut BTreeMap<String, String>, u: &Update
 async fn proxies_get_the_compiled_mesh_deltas_and_survive_an_operator_restart() {
     let dir = std::env::temp_dir().join(format!("ambit-opstream-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = client_for(&server);
-    install(
-        &client,
-        &[
-            ("ambit-system", json!({})),
-            ("shop", json!({"ambit.dev/dataplane-mode": "ambient"})),
-        ],
-    )
+    let (server, client) = api_with(&[
+        ("ambit-system", json!({})),
+        ("shop", json!({"ambit.dev/dataplane-mode": "ambient"})),
+    ])
     .await;
-    let mesh: Mesh =
-        serde_json::from_value(json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh",
-        "metadata": {"name": "default"}, "spec": {}}))
-        .unwrap();
-    Api::<Mesh>::all(client.clone())
-        .create(&PostParams::default(), &mesh)
-        .await
-        .unwrap();
+    create_mesh(&client, json!({})).await;
     pod(
         &client,
         "shop",

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ambit_apisim::ApiServerHandle;
+use ambit_apisim::{ApiServer, ApiServerHandle};
 use ambit_core::control::{operator_identity, Endpoint};
+use ambit_operator::crd::Mesh;
 use ambit_operator::leader::LeaseTimings;
 use ambit_operator::runtime::Options;
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -50,6 +51,28 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An in-memory API server with the Ambit CRDs and `namespaces` installed, and a client for it.
+pub async fn api_with(namespaces: &[(&str, Value)]) -> (ApiServerHandle, Client) {
+    let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = client_for(&server);
+    install(&client, namespaces).await;
+    (server, client)
+}
+
+/// Creates the Mesh named `default` with `spec` (`{}`: every default).
+pub async fn create_mesh(client: &Client, spec: Value) -> Mesh {
+    let mesh: Mesh =
+        serde_json::from_value(json!({"apiVersion": "ambit.dev/v1alpha1", "kind": "Mesh",
+        "metadata": {"name": "default"}, "spec": spec}))
+        .unwrap();
+    Api::<Mesh>::all(client.clone())
+        .create(&PostParams::default(), &mesh)
+        .await
+        .unwrap()
 }
 
 /// The Ambit CRDs and the given namespaces (with labels).
