@@ -28,7 +28,7 @@ pub async fn follow_certificate_ttl(client: Client, ttl: LeafTtl) {
                 continue;
             }
         };
-        match mesh.spec.certificate_ttl.parse("spec.certificateTtl") {
+        match mesh.spec.leaf_ttl() {
             Ok(wanted) => {
                 let before = ttl.set(wanted);
                 if before != wanted {

@@ -155,8 +155,7 @@ pub async fn run(
     let ca = Arc::new(load_or_create_ca(&client, &opts.namespace, &mesh.spec.trust_domain).await?);
     let leaf_ttl = mesh
         .spec
-        .certificate_ttl
-        .parse("spec.certificateTtl")
+        .leaf_ttl()
         .unwrap_or(ambit_core::ca::DEFAULT_LEAF_TTL);
 
     let changed = Arc::new(Notify::new());

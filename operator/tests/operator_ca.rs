@@ -14,6 +14,7 @@ use ambit_operator::crd::Mesh;
 use ambit_operator::runtime::run;
 use apisim_common::{
     api_with, client_for, create_mesh, eventually, free_addr, options, pod, ztunnel_endpoint,
+    ztunnel_pod,
 };
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -51,16 +52,7 @@ async fn a_new_certificate_ttl_applies_to_the_next_certificate_without_a_restart
         json!({"app": "reviews"}),
     )
     .await;
-    pod(
-        &client,
-        "ambit-system",
-        "ztunnel-node-1",
-        "node-1",
-        "ztunnel",
-        "10.1.1.2",
-        json!({"app": "ztunnel"}),
-    )
-    .await;
+    ztunnel_pod(&client, "node-1", "10.1.1.2").await;
 
     let listen = free_addr();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -15,7 +15,7 @@ use ambit_operator::crd::{Mesh, TrafficRoute, Waypoint};
 use ambit_operator::runtime::run;
 use apisim_common::{
     api_with, client_for, create_mesh, eventually, free_addr, options, pod, token_file,
-    ztunnel_endpoint,
+    ztunnel_endpoint, ztunnel_pod,
 };
 use control_common::RawStream;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -70,16 +70,7 @@ async fn proxies_get_the_compiled_mesh_deltas_and_survive_an_operator_restart() 
         json!({"app": "reviews", "version": "v2"}),
     )
     .await;
-    pod(
-        &client,
-        "ambit-system",
-        "ztunnel-node-1",
-        "node-1",
-        "ztunnel",
-        "10.1.1.2",
-        json!({"app": "ztunnel"}),
-    )
-    .await;
+    ztunnel_pod(&client, "node-1", "10.1.1.2").await;
     let services: Api<Service> = Api::namespaced(client.clone(), "shop");
     let svc = json!({"metadata": {"name": "reviews", "namespace": "shop"},
         "spec": {"selector": {"app": "reviews"}, "ports": [{"port": 9080, "targetPort": 9080}]}});

@@ -45,7 +45,7 @@ where
 }
 
 /// The merge patch that sets `status`, conditional on `resource_version` when known.
-pub fn status_patch<S: Serialize>(resource_version: Option<&str>, status: &S) -> serde_json::Value {
+fn status_patch<S: Serialize>(resource_version: Option<&str>, status: &S) -> serde_json::Value {
     match resource_version {
         Some(rv) => serde_json::json!({"metadata": {"resourceVersion": rv}, "status": status}),
         None => serde_json::json!({ "status": status }),
@@ -77,7 +77,7 @@ where
             Ok(None) => return Ok(()),
             Err(source) => {
                 return Err(Error::Read {
-                    what: name.to_string(),
+                    what: format!("{}/{name}", api.resource_url()),
                     source,
                 })
             }

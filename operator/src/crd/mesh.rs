@@ -299,10 +299,17 @@ pub struct ComponentStatus {
     pub version: Option<String>,
 }
 
+impl MeshSpec {
+    /// `certificateTtl` as a duration, or what is wrong with it (field path included).
+    pub fn leaf_ttl(&self) -> Result<std::time::Duration, ValidationError> {
+        self.certificate_ttl.parse("spec.certificateTtl")
+    }
+}
+
 impl Validate for MeshSpec {
     fn validate(&self) -> Vec<ValidationError> {
         let mut errs = Vec::new();
-        if let Err(e) = self.certificate_ttl.parse("spec.certificateTtl") {
+        if let Err(e) = self.leaf_ttl() {
             errs.push(e);
         }
         if self.upgrade.max_unavailable < 1 {

@@ -171,6 +171,22 @@ pub async fn token_file(client: &Client, dir: &Path, ns: &str, sa: &str, pod: &s
     path
 }
 
+/// The ztunnel DaemonSet's pod on `node` (`ambit-system/ztunnel-<node>`, ServiceAccount
+/// `ztunnel`), running at `ip`: the pod a ztunnel's token is bound to.
+pub async fn ztunnel_pod(client: &Client, node: &str, ip: &str) {
+    let name = format!("ztunnel-{node}");
+    pod(
+        client,
+        "ambit-system",
+        &name,
+        node,
+        "ztunnel",
+        ip,
+        json!({"app": "ztunnel"}),
+    )
+    .await;
+}
+
 /// What a ztunnel on `pod`'s node is given by its DaemonSet: the root certificate (from the
 /// ConfigMap the operator writes, waited for) and a projected token, as files in `dir`.
 pub async fn ztunnel_endpoint(
