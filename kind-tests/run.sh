@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# End-to-end test of Ambit on a real 3-node kind cluster: builds the images, installs the Helm
-# chart, enrolls a Bookinfo-shaped demo app and checks (a) mTLS on the wire, (b) a 90/10
-# canary, (c) retries masking a flaky backend, (d) an L4 deny policy, (e) a rolling data-plane
-# upgrade. Prints PASS/FAIL per check; exits non-zero if any failed.
+# End-to-end test of Ambit on a real Kubernetes cluster: builds the images, installs the Helm
+# chart, enrolls a Bookinfo-shaped demo app and runs every check of lib/checks.sh (mTLS on
+# the wire, L4 deny, 90/10 canary, retries, data-plane upgrade, enrolling running pods, a pod
+# recreated on the other node, operator leader failover, helm upgrade, uninstall).
+# Prints PASS/FAIL per check; exits non-zero if any failed.
+# Providers: kind (a laptop with Docker) or local (kind-tests/local: nodes as network and
+# mount namespaces on this machine, no Docker; what CI runs).
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
@@ -10,7 +13,6 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 CHART="$ROOT/helm/ambit"
 MANIFESTS="$HERE/manifests"
-CLUSTER=${KIND_CLUSTER:-ambit-e2e}
 NS=ambit-system
 APP_NS=bookinfo
 REGISTRY=ghcr.io/ambit-mesh
@@ -19,28 +21,49 @@ TAG=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yam
 # Dockerfile target -> image name.
 IMAGES=(ztunnel:ztunnel cni-agent:ambit-cni-agent waypoint:waypoint operator:ambit-operator demo-app:demo-app)
 
+PROVIDER=kind
 DRY_RUN=0
 KEEP=0
 BUILD=1
+OUT=""
+ONLY=""
 
 usage() {
   cat <<EOF
-Usage: $(basename "$0") [--dry-run] [--keep] [--skip-build] [--help]
+Usage: $(basename "$0") [--provider kind|local] [--out FILE] [--only CHECK,...] [--dry-run]
+                        [--keep] [--skip-build] [--help]
 
-Creates kind cluster '$CLUSTER' (override with KIND_CLUSTER), builds and loads the images
-(tag $TAG), installs helm/ambit, deploys kind-tests/manifests and runs the checks.
-Needs docker, kind, kubectl and helm (helm/kubectl also from target/tools/bin, see
-scripts/lint-deploy).
-
-  --dry-run     print every command instead of running it (needs none of the tools)
-  --keep        keep the cluster afterwards (default: deleted on exit)
-  --skip-build  use images already present locally (still loaded into kind)
-  --help        this text
+Creates a cluster, builds and loads the images (tag $TAG), installs helm/ambit, deploys
+kind-tests/manifests and runs the checks.
+  --provider kind   a kind cluster (default; needs docker, kind, kubectl, helm; cluster name
+                    from KIND_CLUSTER, default ambit-e2e)
+  --provider local  kind-tests/local/cluster.sh: two worker nodes on this machine built from
+                    the cached Kubernetes binaries (root; no Docker; images with buildah)
+  --out FILE        write the results as JSON: kubernetes_version, nodes, checks
+  --only LIST       run only these checks (comma-separated names; setup always runs)
+  --dry-run         print every command instead of running it (kind; needs none of the tools)
+  --keep            keep the cluster afterwards (default: deleted on exit)
+  --skip-build      use images already built (still loaded into the cluster)
+  --help            this text
+Checks: mtls deny canary retries upgrade enroll-running-pods pod-recreated leader-failover
+        helm-upgrade uninstall
 EOF
 }
 
 while (($#)); do
   case $1 in
+    --provider)
+      PROVIDER=${2:-}
+      shift
+      ;;
+    --out)
+      OUT=${2:?--out needs a file}
+      shift
+      ;;
+    --only)
+      ONLY=${2:?--only needs a list}
+      shift
+      ;;
     --dry-run) DRY_RUN=1 ;;
     --keep) KEEP=1 ;;
     --skip-build) BUILD=0 ;;
@@ -56,34 +79,35 @@ while (($#)); do
   esac
   shift
 done
+case $PROVIDER in
+  kind) CLUSTER=${KIND_CLUSTER:-ambit-e2e} ;;
+  local) CLUSTER=${LOCAL_CLUSTER:-ambit-e2e} ;;
+  *)
+    printf -- '--provider %s: want kind or local\n' "$PROVIDER" >&2
+    exit 2
+    ;;
+esac
+[[ -z $OUT ]] || OUT=$(realpath -m "$OUT")
+WORKER1="$CLUSTER-worker"
+WORKER2="$CLUSTER-worker2"
 
 # shellcheck source=lib/common.sh
 source "$HERE/lib/common.sh"
 # shellcheck source=lib/checks.sh
 source "$HERE/lib/checks.sh"
+# shellcheck source=lib/provider-kind.sh
+source "$HERE/lib/provider-$PROVIDER.sh"
 
-PATH="$PATH:$ROOT/target/tools/bin"
-if ! ((DRY_RUN)); then
-  for tool in docker kind kubectl helm; do
-    command -v "$tool" >/dev/null || {
-      printf '%s is required (see --help)\n' "$tool" >&2
-      exit 2
-    }
-  done
-  if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-    printf 'kind cluster %s already exists: delete it (kind delete cluster --name %s) or set KIND_CLUSTER\n' "$CLUSTER" "$CLUSTER" >&2
-    exit 2
-  fi
-fi
+provider_preflight
 
 WORK=$(mktemp -d)
-export KUBECONFIG="$WORK/kubeconfig"
 
 diagnostics() {
   step "diagnostics"
   run kubectl get pods -A -o wide || true
   run kubectl get meshes,waypoints,trafficroutes,authorizationpolicies -A || true
-  run kubectl -n "$NS" logs deploy/ambit-operator --tail=200 || true
+  run kubectl get events -A --sort-by=.lastTimestamp || true
+  run kubectl -n "$NS" logs -l app.kubernetes.io/name=ambit-operator --tail=100 --prefix || true
 }
 
 cleanup() {
@@ -93,24 +117,18 @@ cleanup() {
     printf '\nkept cluster %s; KUBECONFIG=%s\n' "$CLUSTER" "$KUBECONFIG" >&2
   else
     step "delete the cluster"
-    run kind delete cluster --name "$CLUSTER" || true
-    rm -rf "$WORK"
+    provider_down || true
   fi
+  rm -rf "$WORK" "$DETAIL_FILE"
   exit "$rc"
 }
 trap cleanup EXIT
 
-step "create the kind cluster ($CLUSTER, 3 nodes)"
-run kind create cluster --name "$CLUSTER" --config "$HERE/kind-config.yaml" --kubeconfig "$KUBECONFIG" --wait 120s
+step "create the cluster ($PROVIDER: $CLUSTER)"
+provider_up
 
 step "build and load the images"
-for entry in "${IMAGES[@]}"; do
-  image="$REGISTRY/${entry#*:}:$TAG"
-  if ((BUILD)); then
-    run docker build -f "$ROOT/images/Dockerfile" --target "${entry%%:*}" -t "$image" "$ROOT"
-  fi
-  run kind load docker-image "$image" --name "$CLUSTER"
-done
+provider_images
 
 step "install the chart"
 run helm install ambit "$CHART" -n "$NS" --create-namespace --wait --timeout 5m
@@ -120,17 +138,14 @@ run kubectl wait --for=condition=Ready mesh/default --timeout=300s
 step "deploy the demo app in an enrolled namespace"
 run kubectl create namespace "$APP_NS"
 run kubectl label namespace "$APP_NS" ambit.dev/dataplane-mode=ambient
-show sed -e "s/__WORKER1__/$CLUSTER-worker/" -e "s/__WORKER2__/$CLUSTER-worker2/" "$MANIFESTS/bookinfo.yaml" '|' kubectl apply -f -
-if ! ((DRY_RUN)); then
-  sed -e "s/__WORKER1__/$CLUSTER-worker/" -e "s/__WORKER2__/$CLUSTER-worker2/" "$MANIFESTS/bookinfo.yaml" | kubectl apply -f -
-fi
+deploy_bookinfo
 run kubectl -n "$APP_NS" wait --for=condition=Available deploy --all --timeout=300s
 
-check "(a) mTLS between nodes" check_mtls
-check "(d) AuthorizationPolicy denies a caller" check_authz
-check "(b) 90/10 canary on reviews" check_canary
-check "(c) retries mask a 50% flaky ratings" check_retries
-check "(e) helm upgrade rolls ztunnel one node at a time" check_upgrade
+wanted() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
+for name in mtls deny canary retries upgrade enroll-running-pods pod-recreated leader-failover helm-upgrade uninstall; do
+  wanted "$name" || continue
+  check "$name" "check_${name//-/_}"
+done
 
 printf '\n'
 if ((DRY_RUN)); then
@@ -141,6 +156,7 @@ if ((DRY_RUN)); then
   printf 'dry run: nothing was executed\n'
   exit 0
 fi
-printf 'kind e2e: %d checks passed, %d failed%s\n' "${#PASSED_CHECKS[@]}" "${#FAILED_CHECKS[@]}" \
+[[ -z $OUT ]] || write_results "$OUT"
+printf '%s e2e: %d checks passed, %d failed%s\n' "$PROVIDER" "${#PASSED_CHECKS[@]}" "${#FAILED_CHECKS[@]}" \
   "$( ((${#FAILED_CHECKS[@]})) && printf ' (%s)' "${FAILED_CHECKS[*]}")"
 ((${#FAILED_CHECKS[@]} == 0))

@@ -8,6 +8,7 @@
 #
 # Usage: build-tools.sh [all|kubernetes|etcd|containerd|coredns|helm|pause]...
 # Prints the bin directory of each component on the last lines ("<name>=<dir>").
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env

@@ -13,6 +13,7 @@
 #   cluster.sh exec [--name N] NODE CMD...                   run CMD in a node's namespaces
 #   cluster.sh kubeconfig [--name N]                         print the kubeconfig path
 # Needs root. `down` works from what is on disk, also after a crash or a half-finished `up`.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -64,6 +65,7 @@ BRIDGE="albr$SHORT"
 IF_PREFIX="alv$SHORT"
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 COREDNS_IMAGE=registry.k8s.io/coredns/coredns:local
+KUBECTL_IMAGE=registry.k8s.io/kubectl:$(sed -n 's/^KUBERNETES_VERSION=//p' "$HERE/versions.env")
 
 # The node names kind gives a cluster's workers, so checks read the same on both.
 NODES=()
@@ -165,8 +167,15 @@ images_for_cluster() {
   buildah config --entrypoint '["/coredns"]' "$ctr"
   buildah commit -q "$ctr" "$COREDNS_IMAGE" >/dev/null
   buildah rm "$ctr" >/dev/null
+  # kubectl for the chart's uninstall hook, from the same pinned build as the cluster.
+  ctr=$(buildah from scratch)
+  buildah copy "$ctr" "$BIN_K8S/kubectl" /bin/kubectl >/dev/null
+  buildah config --entrypoint '["/bin/kubectl"]' --env PATH=/bin "$ctr"
+  buildah commit -q "$ctr" "$KUBECTL_IMAGE" >/dev/null
+  buildah rm "$ctr" >/dev/null
   buildah push -q "$PAUSE_IMAGE" "oci-archive:$STATE/images/pause.tar:$PAUSE_IMAGE"
   buildah push -q "$COREDNS_IMAGE" "oci-archive:$STATE/images/coredns.tar:$COREDNS_IMAGE"
+  buildah push -q "$KUBECTL_IMAGE" "oci-archive:$STATE/images/kubectl.tar:$KUBECTL_IMAGE"
   rm -rf "$work"
 }
 
@@ -214,7 +223,7 @@ cmd_up() {
   say "control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler"
   control_plane
 
-  say "images: pause, CoreDNS"
+  say "images: pause, CoreDNS, kubectl"
   images_for_cluster
   local i
   for i in "${!NODES[@]}"; do
@@ -227,7 +236,7 @@ cmd_up() {
   for i in "${!NODES[@]}"; do
     wait_for 60 "containerd on ${NODES[$i]}" in_node "${NODES[$i]}" "$BIN_CONTAINERD/ctr" version
   done
-  load_images "$STATE/images/pause.tar" "$STATE/images/coredns.tar"
+  load_images "$STATE/images/pause.tar" "$STATE/images/coredns.tar" "$STATE/images/kubectl.tar"
 
   say "waiting for ${#NODES[@]} nodes to be Ready"
   wait_for 120 "nodes to register" sh -c "[ \$('$KUBECTL' --kubeconfig '$STATE/admin.conf' get nodes -o name | wc -l) -ge ${#NODES[@]} ]"
