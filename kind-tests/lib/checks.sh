@@ -84,21 +84,24 @@ capture_wait() { ((DRY_RUN)) || wait "${CAPTURE_PID:-0}" || true; }
 # while capturing on NODE's link what goes to or from POD_IP. MODE mesh: only HBONE (15008)
 # and no plaintext; MODE plain: the app's port in clear and no HBONE.
 wire_check() {
-  local node=$1 ip=$2 ns=$3 deploy=$4 url=$5 mode=$6 marker codes hbone other leaked
+  local node=$1 ip=$2 ns=$3 deploy=$4 url=$5 mode=$6 marker codes hbone other leaked caller
   marker="ambit-e2e-plaintext-canary-$RANDOM$RANDOM"
-  capture_start "$node" "tcp and host $ip" 15
+  # The caller's IP too: through a waypoint on the destination's node, what crosses the link
+  # is caller -> waypoint, not caller -> destination.
+  caller=$(out 10.244.1.5 kubectl -n "$ns" get pods -l "app=${deploy%-v1}" -o 'jsonpath={.items[0].status.podIP}')
+  capture_start "$node" "tcp and (host $ip or host $caller)" 15
   codes=$(PLACEHOLDER=200 out 200 kubectl -n "$ns" exec "deploy/$deploy" -- sh -c \
     "for i in \$(seq 20); do curl -s -o /dev/null -m 5 -w '%{http_code}\n' -H 'x-e2e-marker: $marker' '$url'; done")
   capture_wait
   hbone=$(capture_count "$node" 'tcp port 15008')
   other=$(capture_count "$node" 'tcp and not port 15008')
   leaked=$(capture_contains "$node" "$marker")
-  report '%s: requests ok %s/20; on %s link, packets of %s: 15008 %s, other ports %s, plaintext marker %s' \
-    "$mode" "$(count_of "$codes" 200)" "$node" "$ip" "$hbone" "$other" "$leaked"
+  report '%s: requests ok %s/20; on %s link, packets of %s or %s: 15008 %s, other ports %s, plaintext marker %s' \
+    "$mode" "$(count_of "$codes" 200)" "$node" "$caller" "$ip" "$hbone" "$other" "$leaked"
   [[ $(count_of "$codes" 200) -eq 20 ]] || die "$deploy -> $url failed"
   if [[ $mode == mesh ]]; then
     ((hbone > 0)) || die "no HBONE (15008) traffic seen on $node"
-    ((other == 0)) || die "$other packets to/from $ip on ports other than 15008"
+    ((other == 0)) || die "$other packets to/from $caller or $ip on ports other than 15008"
     ((leaked == 0)) || die "the request's plaintext crossed the wire"
   else
     ((hbone == 0)) || die "$hbone HBONE packets for a pod that is not in the mesh"
@@ -240,8 +243,8 @@ check_upgrade() {
   while true; do
     ready=$(out 2 kubectl -n "$NS" get pods -l "$sel" -o 'go-template={{range .items}}{{if not .metadata.deletionTimestamp}}{{range .status.conditions}}{{if and (eq .type "Ready") (eq .status "True")}}x{{end}}{{end}}{{end}}{{end}}')
     ready=${#ready}
-    ((desired - ready > max_down)) && max_down=$((desired - ready))
-    read -r new_gen updated available < <(out "2 2 2" kubectl -n "$NS" get ds "$ds" -o 'jsonpath={.status.observedGeneration} {.status.updatedNumberScheduled} {.status.numberAvailable}')
+    if ((desired - ready > max_down)); then max_down=$((desired - ready)); fi
+    read -r new_gen updated available < <(out "2 2 2" kubectl -n "$NS" get ds "$ds" -o 'jsonpath={.status.observedGeneration} {.status.updatedNumberScheduled} {.status.numberAvailable}') || true
     if ((new_gen > gen && updated == desired && available == desired)); then break; fi
     ((DRY_RUN)) && break
     ((SECONDS < deadline)) || die "rollout not finished after 300 s (generation $new_gen, updated $updated/$desired, available $available)"
@@ -326,7 +329,7 @@ check_leader_failover() {
   local leader new
   leader=$(lease_holder)
   [[ -n $leader ]] || die "no operator holds the Lease"
-  traffic_start failover "$APP_NS" client http://reviews:9080/
+  traffic_start failover "$APP_NS" client http://details:9080/
   run kubectl -n "$NS" delete pod "$leader" --grace-period=0 --force
   retry_for 90 leader_is_not "$leader"
   new=$(lease_holder)

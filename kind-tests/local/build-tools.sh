@@ -124,8 +124,12 @@ main() {
   local what=("$@")
   ((${#what[@]})) || what=(all)
   [[ ${what[0]} == all ]] && what=(pause etcd containerd helm coredns kubernetes)
+  local cached_go
+  for cached_go in "$CACHE"/go-*/go/bin; do
+    command -v go >/dev/null || PATH="$cached_go:$PATH"
+  done
   command -v go >/dev/null || {
-    echo "go is required (Go 1.25 or newer; see README)" >&2
+    echo "go is required (Go 1.25 or newer; scripts/install-deps installs it)" >&2
     exit 2
   }
   mkdir -p "$CACHE"

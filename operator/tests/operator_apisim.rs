@@ -254,6 +254,37 @@ async fn mesh_and_waypoints_are_reconciled_and_cleaned_up() {
     .await;
     assert!(ds.get_opt("ztunnel").await.unwrap().is_none());
     assert!(ds.get_opt("ambit-node-agent").await.unwrap().is_none());
+    // ...and the waypoint's proxy with it; the Waypoint (the user's object) stays and says why.
+    assert!(deployments
+        .get_opt("shop-waypoint")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(Api::<Service>::namespaced(client.clone(), "shop")
+        .get_opt("shop-waypoint")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(Api::<ConfigMap>::namespaced(client.clone(), "shop")
+        .get_opt("shop-waypoint-root-cert")
+        .await
+        .unwrap()
+        .is_none());
+    eventually("Waypoint says its Mesh is gone", || async {
+        let w = waypoints.get("shop-waypoint").await.unwrap();
+        let s = serde_json::to_value(w.status?).unwrap();
+        (condition(&s, "Programmed").map(|c| c.0) == Some("False".into())).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        deployments
+            .get_opt("shop-waypoint")
+            .await
+            .unwrap()
+            .is_none(),
+        "the waypoint controller redeployed the proxy of a deleted Mesh"
+    );
 
     let _ = stop_tx.send(true);
     let result = tokio::time::timeout(Duration::from_secs(10), operator)

@@ -101,11 +101,14 @@ fn compile_one(
     let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
     let node = spec.node_name.clone()?;
     let labels: BTreeMap<String, String> = pod.labels().clone();
-    let healthy = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    // A terminating pod stays Ready until its containers stop, but new requests must go
+    // elsewhere from the moment it is deleted (as EndpointSlices mark it not ready).
+    let healthy = pod.metadata.deletion_timestamp.is_none()
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
     let is_waypoint = waypoint_selectors
         .iter()
         .any(|(wns, sel)| *wns == ns && selects(sel, &labels));

@@ -8,17 +8,20 @@
 //! Deleting the Mesh removes the data plane in order: the DaemonSets go first with foreground
 //! deletion (each node agent sees its DaemonSet being deleted and takes the CNI plugin out of
 //! the node's config and the rules out of the pods before it exits); the finalizer is removed
-//! only when they are gone, or after a timeout with a warning event.
+//! only when they are gone, or after a timeout with a warning event. The waypoints' proxies
+//! (Deployments, Services, ServiceAccounts, root-certificate ConfigMaps the operator made for
+//! each Waypoint) go too; the Waypoint objects stay, as the user's intent, and get their
+//! proxies back when a Mesh is installed again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{finalizer, Event};
@@ -298,6 +301,74 @@ async fn apply(mesh: &Mesh, ctx: &Context, api: &Api<Mesh>) -> Result<Action, Er
     }))
 }
 
+/// Deletes what the operator made for Waypoints in every namespace (found by their labels);
+/// returns how many objects were still there. The Waypoint controller deploys nothing for a
+/// Mesh being deleted, so a pass that finds none means they are gone for good.
+async fn remove_waypoint_proxies(ctx: &Context) -> Result<usize, Error> {
+    let selector = ListParams::default().labels(&waypoint_selector());
+    let mut found = 0;
+    found += delete_labelled::<Deployment>(ctx, "Deployment", &selector).await?;
+    found += delete_labelled::<Service>(ctx, "Service", &selector).await?;
+    found += delete_labelled::<ServiceAccount>(ctx, "ServiceAccount", &selector).await?;
+    found += delete_labelled::<ConfigMap>(ctx, "ConfigMap", &selector).await?;
+    if found > 0 {
+        info!(objects = found, "removing waypoint proxies");
+    }
+    Ok(found)
+}
+
+/// `app.kubernetes.io/name=waypoint,app.kubernetes.io/managed-by=ambit-operator`.
+fn waypoint_selector() -> String {
+    labels("waypoint")
+        .into_iter()
+        .filter(|(k, _)| k != "app.kubernetes.io/part-of")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn delete_labelled<K>(
+    ctx: &Context,
+    kind: &'static str,
+    selector: &ListParams,
+) -> Result<usize, Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let list = Api::<K>::all(ctx.client.clone())
+        .list(selector)
+        .await
+        .map_err(|source| Error::Read {
+            what: format!("{kind}s labelled {:?}", selector.label_selector),
+            source,
+        })?;
+    for object in &list.items {
+        let (name, ns) = (object.name_any(), object.namespace().unwrap_or_default());
+        if object.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        match Api::<K>::namespaced(ctx.client.clone(), &ns)
+            .delete(&name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind,
+                    name: format!("{ns}/{name}"),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(list.items.len())
+}
+
 /// Never lets a rollout take every node at once: at most `nodes - 1` (and at least 1).
 pub fn cap_unavailable(requested: i32, nodes: i32) -> i32 {
     requested.min((nodes - 1).max(1)).max(1)
@@ -349,6 +420,10 @@ async fn cleanup(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         ..Default::default()
     };
     let mut remaining = Vec::new();
+    let waypoint_objects = remove_waypoint_proxies(ctx).await?;
+    if waypoint_objects > 0 {
+        remaining.push("waypoint proxies");
+    }
     for name in [NODE_AGENT, ZTUNNEL] {
         match daemonsets.get_opt(name).await {
             Ok(Some(ds)) => {

@@ -63,19 +63,26 @@ pub async fn reconcile(wp: Arc<Waypoint>, ctx: Arc<Context>) -> Result<Action, E
             what: format!("Mesh {DEFAULT_MESH_NAME}"),
             source,
         })?;
-    let Some(mesh) = mesh else {
+    // A Mesh being deleted takes the waypoints' proxies with it (its finalizer removes
+    // them): deploy nothing for it, as for no Mesh at all.
+    let deleting = mesh
+        .as_ref()
+        .is_some_and(|m| m.meta().deletion_timestamp.is_some());
+    let Some(mesh) = mesh.filter(|_| !deleting) else {
+        let message = if deleting {
+            format!("the Mesh {DEFAULT_MESH_NAME:?} is being deleted, and its waypoint proxies with it; they come back when a Mesh is installed again")
+        } else {
+            format!(
+                "there is no Mesh named {DEFAULT_MESH_NAME:?}; install Ambit (helm install) first"
+            )
+        };
         let status = WaypointStatus {
             observed_generation: generation,
             conditions: conditions(
                 &previous.conditions,
                 vec![
                     C::new("Accepted", S::True, "Accepted", "the spec is valid"),
-                    C::new(
-                        "Programmed",
-                        S::False,
-                        "NoMesh",
-                        format!("there is no Mesh named {DEFAULT_MESH_NAME:?}; install Ambit (helm install) first"),
-                    ),
+                    C::new("Programmed", S::False, "NoMesh", message),
                 ],
                 generation,
             ),

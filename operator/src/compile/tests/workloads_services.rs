@@ -91,6 +91,26 @@ fn a_terminating_pod_yields_its_ip_to_the_live_pod_reusing_it() {
 }
 
 #[test]
+fn a_terminating_pod_is_not_healthy_even_while_still_ready() {
+    let mut s = bookinfo();
+    s.pods = vec![
+        patch(
+            pod("bookinfo", "going", "10.0.0.7", json!({})),
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        ),
+        pod("bookinfo", "staying", "10.0.0.8", json!({})),
+    ];
+    let c = compile(&s);
+    let health: Vec<(&str, bool)> = c
+        .config
+        .workloads
+        .iter()
+        .map(|w| (w.name.as_str(), w.healthy))
+        .collect();
+    assert_eq!(health, [("going", false), ("staying", true)]);
+}
+
+#[test]
 fn services_have_vips_tcp_ports_and_resolved_target_ports() {
     let mut s = bookinfo();
     s.services.push(svc(
