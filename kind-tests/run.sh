@@ -140,6 +140,8 @@ run kubectl create namespace "$APP_NS"
 run kubectl label namespace "$APP_NS" ambit.dev/dataplane-mode=ambient
 deploy_bookinfo
 run kubectl -n "$APP_NS" wait --for=condition=Available deploy --all --timeout=300s
+# What runs where, before the checks change it.
+run kubectl get pods -A -o wide
 
 wanted() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
 for name in mtls deny canary retries upgrade enroll-running-pods pod-recreated leader-failover helm-upgrade uninstall; do

@@ -261,6 +261,10 @@ fn sigterm_keeps_the_node_meshed_on_restart_and_cleans_it_on_removal() {
     .unwrap();
     assert_eq!(conf, serde_json::from_str::<Value>(KINDNET).unwrap());
     assert!(!m.dir.join("bin/ambit-cni").exists());
+    assert!(
+        !plugin_socket(&m, 0).exists(),
+        "the agent removes its socket"
+    );
     assert_eq!([dump(&m, a), dump(&m, c)], pristine);
     assert_eq!(dump(&m, s), s_pristine, "leftover redirection is swept too");
     assert!(text.contains("swept=1"), "{text}");

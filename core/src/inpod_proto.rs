@@ -220,12 +220,15 @@ fn seqpacket() -> io::Result<Socket> {
 /// The agent's end: blocking, one request at a time.
 pub struct AgentClient {
     sock: Socket,
+    /// The socket file connected to (read just before connecting).
+    socket: Option<BoundSocket>,
 }
 
 impl AgentClient {
     /// Connects, reads ztunnel's Hello and checks the protocol version. Replies are awaited
     /// for at most 30 s.
     pub fn connect(path: &Path) -> Result<Self, InpodError> {
+        let socket = BoundSocket::of(path).ok();
         let sock = seqpacket()?;
         sock.connect(&SockAddr::unix(path)?).map_err(|e| {
             io::Error::new(
@@ -235,7 +238,7 @@ impl AgentClient {
         })?;
         sock.set_read_timeout(Some(Duration::from_secs(30)))?;
         sock.set_write_timeout(Some(Duration::from_secs(30)))?;
-        let client = Self { sock };
+        let client = Self { sock, socket };
         match client.recv()? {
             ZtunnelMessage::Hello { version } if version == PROTOCOL_VERSION => Ok(client),
             ZtunnelMessage::Hello { version } => Err(InpodError::Version {
@@ -246,6 +249,14 @@ impl AgentClient {
                 "expected hello, got {other:?}"
             ))),
         }
+    }
+
+    /// True when another socket file now sits at the path connected to: a newer ztunnel
+    /// started beside this one (an upgrade) and waits for the pods.
+    pub fn superseded(&self) -> bool {
+        self.socket
+            .as_ref()
+            .is_some_and(|s| BoundSocket::of(&s.path).is_ok() && !s.is_current())
     }
 
     /// True when ztunnel has gone away (closed or reset the connection). ztunnel never
@@ -334,6 +345,45 @@ impl AgentClient {
 /// async runtime (and the data path) never waits on the agent.
 pub struct InpodListener {
     sock: Socket,
+    bound: BoundSocket,
+}
+
+/// The socket file a listener bound: removed at exit only while it is still that file (a
+/// newer ztunnel that bound the same path during an upgrade keeps its own).
+#[derive(Clone, Debug)]
+pub struct BoundSocket {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl BoundSocket {
+    fn of(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    /// Whether `path` still names the socket this listener bound.
+    pub fn is_current(&self) -> bool {
+        Self::of(&self.path).is_ok_and(|now| now.dev == self.dev && now.ino == self.ino)
+    }
+
+    /// Removes the socket file if it is still ours. Returns whether it did.
+    pub fn remove_if_current(&self) -> io::Result<bool> {
+        if !self.is_current() {
+            return Ok(false);
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl InpodListener {
@@ -363,7 +413,13 @@ impl InpodListener {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| ctx("setting permissions on", e))?;
         sock.listen(16)?;
-        Ok(Self { sock })
+        let bound = BoundSocket::of(path).map_err(|e| ctx("reading back", e))?;
+        Ok(Self { sock, bound })
+    }
+
+    /// The socket file this listener bound.
+    pub fn bound(&self) -> &BoundSocket {
+        &self.bound
     }
 
     /// Waits for the next agent connection.
@@ -419,6 +475,26 @@ pub fn decode_agent(data: &[u8]) -> Result<AgentMessage, (Option<String>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_removes_its_socket_file_only_while_it_is_still_its_own() {
+        let dir = std::env::temp_dir().join(format!("ambit-inpod-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("ztunnel.sock");
+        let old = InpodListener::bind(&path).unwrap();
+        // A newer ztunnel binds the same path (an upgrade): the old one must leave it be.
+        let new = InpodListener::bind(&path).unwrap();
+        assert!(!old.bound().is_current());
+        assert!(!old.bound().remove_if_current().unwrap());
+        assert!(path.exists());
+        let probe = seqpacket().unwrap();
+        probe.connect(&SockAddr::unix(&path).unwrap()).unwrap();
+        drop(new.accept().unwrap());
+        assert!(new.bound().remove_if_current().unwrap());
+        assert!(!path.exists());
+        assert!(!new.bound().remove_if_current().unwrap(), "already gone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn wire_format_is_tagged_snake_case() {

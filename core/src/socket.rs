@@ -63,6 +63,22 @@ pub fn mesh_socket(dst: SocketAddr, spoof_source: Option<IpAddr>) -> io::Result<
 
 /// A listener on `addr` with the options every mesh listener wants.
 pub fn mesh_listener(addr: SocketAddr, transparent: bool) -> io::Result<tokio::net::TcpListener> {
+    listener(addr, transparent, false)
+}
+
+/// A mesh listener inside a pod's network namespace, with SO_REUSEPORT: during an upgrade
+/// the new ztunnel opens its listeners beside the old one's, the kernel spreads new
+/// connections over both, and the old one closes its own when it leaves; the pod never
+/// sees a moment without a listener.
+pub fn inpod_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    listener(addr, false, true)
+}
+
+fn listener(
+    addr: SocketAddr,
+    transparent: bool,
+    reuse_port: bool,
+) -> io::Result<tokio::net::TcpListener> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -70,6 +86,9 @@ pub fn mesh_listener(addr: SocketAddr, transparent: bool) -> io::Result<tokio::n
     };
     let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nodelay(true)?;
     if transparent {
         socket.set_ip_transparent(true)?;
@@ -98,5 +117,20 @@ mod tests {
         let local = stream.local_addr().unwrap();
         assert_eq!(local.ip().to_string(), "127.0.0.1");
         assert_ne!(local.port(), 0);
+    }
+
+    #[tokio::test]
+    async fn two_inpod_listeners_share_a_port_and_either_accepts() {
+        let first = inpod_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = inpod_listener(addr).unwrap();
+        // A plain mesh listener may not join the group.
+        assert!(mesh_listener(addr, false).is_err());
+        // The first leaves: every new connection reaches the second.
+        drop(first);
+        for _ in 0..8 {
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            second.accept().await.unwrap();
+        }
     }
 }

@@ -109,7 +109,7 @@ impl Client {
             .connect(
                 &key,
                 TcpSocket::new_v4,
-                || client_config(slot, vec![id(expect)]),
+                || client_config(slot.clone(), vec![id(expect)]),
                 authority,
                 Some("10.1.1.1:5555".parse().unwrap()),
             )

@@ -159,13 +159,22 @@ def check_uninstall(objs, values, label):
     if job is None:
         return
     expect(job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete", f"{label}: hook is not pre-delete")
+    # The Mesh first (init container, waits for the finalizer), then the CA the operator minted.
+    (init,) = job["spec"]["template"]["spec"]["initContainers"]
     (c,) = job["spec"]["template"]["spec"]["containers"]
-    expect(c["image"] == values["uninstall"]["image"], f"{label}: uninstall image")
-    cmd = " ".join(c["command"])
+    for k in (init, c):
+        expect(k["image"] == values["uninstall"]["image"], f"{label}: uninstall image")
+    cmd = " ".join(init["command"])
     expect("delete meshes.ambit.dev default" in cmd and "--wait=true" in cmd, f"{label}: uninstall command {cmd}")
+    cmd = " ".join(c["command"])
+    expect("delete secrets" in cmd and "app.kubernetes.io/managed-by=ambit-operator" in cmd
+           and "app.kubernetes.io/name=ca" in cmd, f"{label}: CA cleanup command {cmd}")
     role = objs[("ClusterRole", "ambit-uninstall")]["rules"]
     expect(role == [{"apiGroups": ["ambit.dev"], "resources": ["meshes"], "resourceNames": ["default"],
                      "verbs": ["get", "list", "watch", "delete"]}], f"{label}: uninstall RBAC {role}")
+    role = objs[("Role", "ambit-uninstall")]["rules"]
+    expect(role == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "delete"]}],
+           f"{label}: uninstall Secret RBAC {role}")
 
 
 def main():

@@ -159,10 +159,10 @@ async fn mesh_and_waypoints_are_reconciled_and_cleaned_up() {
         .unwrap()
         .rolling_update
         .unwrap();
-    assert_eq!(
-        ru.max_unavailable,
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
-    );
+    // A node's new ztunnel starts beside the old one: one node at a time, none unserved.
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
     eventually("Mesh progressing", || async {
         let s = mesh_status(&meshes).await;
         (condition(&s, "Progressing").map(|c| c.0) == Some("True".into())

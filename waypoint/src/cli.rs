@@ -26,12 +26,12 @@ use crate::{ConfigMode, Options, Waypoint, DEFAULT_BODY_LIMIT};
 #[command(
     version,
     about = "Ambit's per-namespace L7 proxy (waypoint)",
-    // The operator mounts the waypoint's root and token elsewhere than ztunnel's.
+    // Same paths as ztunnel's; only the help names the waypoint's own ConfigMap.
     mut_arg("root_cert", |a| a.help(
         "The mesh root certificate the control plane's certificate must chain to (stream mode; \
          the operator mounts ConfigMap <waypoint>-root-cert here)"
     )),
-    mut_arg("token_file", |a| a.default_value("/var/run/ambit/token/token").help(
+    mut_arg("token_file", |a| a.help(
         "Projected ServiceAccount token sent to the control plane (stream mode; re-read per \
          connection, kubelet rotates it)"
     ))

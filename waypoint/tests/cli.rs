@@ -43,7 +43,7 @@ fn the_args_the_operator_renders_select_stream_mode() {
         "{:#}",
         mode(&parsed).err().expect("no root cert in the test env")
     );
-    assert!(e.contains("/var/run/ambit/ca/root-cert.pem"), "{e}");
+    assert!(e.contains("/var/run/secrets/ambit/ca/root-cert.pem"), "{e}");
 
     // With the mounted files present, the endpoint is what the operator rendered.
     let dir = std::env::temp_dir().join(format!("wp-cli-render-{}", std::process::id()));

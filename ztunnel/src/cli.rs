@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::source::{ConfigSource, FileSource};
 use crate::stream_source::StreamSource;
-use crate::{Options, Ztunnel};
+use crate::{Options, ShutdownTimeouts, Ztunnel};
 use ambit_core::certs::{CertificateProvider, LocalCa};
 use ambit_core::config_source::{local_ca, read_pem, ControlPlaneArgs};
 use ambit_core::control::RemoteCa;
@@ -61,6 +61,14 @@ pub struct Args {
     /// Close pooled HBONE connections idle this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pool_idle_timeout: Duration,
+    /// On SIGTERM (node-agent mode): longest wait for the node agent to move to a newer
+    /// ztunnel before the pods' listeners close.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    handover_timeout: Duration,
+    /// On SIGTERM (node-agent mode), once the listeners are closed: longest wait for open
+    /// connections to end. Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
     /// Node-agent mode: listen on this Unix (SOCK_SEQPACKET) socket for the node agent, which
     /// hands over each pod's network namespace; pods then come only from the agent and the
     /// config's `netns` paths are ignored. E.g. /var/run/ambit/ztunnel.sock.
@@ -137,7 +145,7 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
         .build()?;
     let (source, certs, from) = mode(&args)?;
     runtime.block_on(async move {
-        let _zt = Ztunnel::start(Options {
+        let zt = Ztunnel::start(Options {
             node: args.node.clone(),
             source,
             certs,
@@ -156,6 +164,14 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> an
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+        }
+        let timeouts = ShutdownTimeouts {
+            handover: args.handover_timeout,
+            drain: args.drain_timeout,
+        };
+        tokio::select! {
+            () = zt.shutdown(timeouts) => {}
+            _ = term.recv() => info!("second SIGTERM: leaving now"),
         }
         anyhow::Ok(())
     })

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ambit_core::netns::Netns;
-use ambit_core::socket::mesh_listener;
+use ambit_core::socket::inpod_listener;
 use ambit_core::tls::server_config;
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -140,9 +140,9 @@ impl InpodManager {
         let listeners = netns
             .run(|| -> std::io::Result<_> {
                 Ok((
-                    mesh_listener(any(OUTBOUND_PORT), false)?,
-                    mesh_listener(any(INBOUND_PLAINTEXT_PORT), false)?,
-                    mesh_listener(any(HBONE_PORT), false)?,
+                    inpod_listener(any(OUTBOUND_PORT))?,
+                    inpod_listener(any(INBOUND_PLAINTEXT_PORT))?,
+                    inpod_listener(any(HBONE_PORT))?,
                 ))
             })
             .and_then(|r| r)

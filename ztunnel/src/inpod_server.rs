@@ -6,6 +6,9 @@
 //! - `add_pod` is acknowledged only once the pod's 15001/15006/15008 listeners are open.
 //! - A disconnect releases nothing (a restarting agent must not cut traffic); the next
 //!   connection's `snapshot_done` drops the pods it did not replay.
+//! - Upgrades hand over without a gap: the new ztunnel binds the socket path anew, the agent
+//!   moves to it and replays every pod (the new listeners join the old ones, SO_REUSEPORT),
+//!   then leaves the old ztunnel, which on SIGTERM closes its listeners only after that.
 //! - Bad input is answered with an error, counted as
 //!   `ambit_tcp_connection_failures_total{reporter="node",reason="inpod_protocol_error"}`,
 //!   and the connection continues; received descriptors are closed.
@@ -15,11 +18,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use ambit_core::inpod_proto::{
-    decode_agent, AgentMessage, InpodConn, InpodListener, Packet, PodInfo, ZtunnelMessage,
-    PROTOCOL_VERSION,
+    decode_agent, AgentMessage, BoundSocket, InpodConn, InpodListener, Packet, PodInfo,
+    ZtunnelMessage, PROTOCOL_VERSION,
 };
 use ambit_core::netns::Netns;
 use ambit_core::Identity;
@@ -34,6 +37,42 @@ pub struct InpodServer {
     /// Moved to the accept thread by `run`.
     listener: Option<InpodListener>,
     manager: InpodManager,
+    events: mpsc::Sender<Event>,
+    inbox: mpsc::Receiver<Event>,
+}
+
+/// Asks a running [`InpodServer`] to hand the node over (see [`InpodHandle::close_listeners`]).
+#[derive(Clone)]
+pub struct InpodHandle {
+    events: mpsc::Sender<Event>,
+    bound: BoundSocket,
+}
+
+impl InpodHandle {
+    /// The first step of a graceful shutdown: waits (at most `handover`) until the node agent
+    /// has left this ztunnel, which it does once a newer ztunnel serves every pod (an
+    /// upgrade) or once it released them (an uninstall); then closes every pod's listeners,
+    /// so new connections reach the newer ztunnel only. Connections already accepted go on.
+    pub async fn close_listeners(&self, handover: Duration) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .events
+            .send(Event::Shutdown(handover, done))
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+
+    /// Removes the socket file, unless a newer ztunnel bound the path meanwhile.
+    pub fn remove_socket(&self) {
+        match self.bound.remove_if_current() {
+            Ok(true) => info!("removed the node-agent socket"),
+            Ok(false) => info!("the node-agent socket belongs to a newer ztunnel: left in place"),
+            Err(error) => warn!(%error, "removing the node-agent socket failed"),
+        }
+    }
 }
 
 struct Session {
@@ -48,34 +87,70 @@ enum Event {
     Connected(u64, Arc<InpodConn>),
     Packet(u64, Packet),
     Closed(u64, Option<std::io::Error>),
+    Shutdown(Duration, oneshot::Sender<()>),
 }
 
 impl InpodServer {
     /// Binds the socket; the manager is marked ready (pods arrive later).
-    pub fn bind(path: &Path, manager: InpodManager) -> std::io::Result<Self> {
+    pub fn bind(path: &Path, manager: InpodManager) -> std::io::Result<(Self, InpodHandle)> {
         let listener = InpodListener::bind(path)?;
         manager.set_ready();
         info!(socket = %path.display(), "waiting for the node agent");
-        Ok(Self {
+        let (events, inbox) = mpsc::channel::<Event>(64);
+        let handle = InpodHandle {
+            events: events.clone(),
+            bound: listener.bound().clone(),
+        };
+        let server = Self {
             listener: Some(listener),
             manager,
-        })
+            events,
+            inbox,
+        };
+        Ok((server, handle))
     }
 
     /// Serves agents forever. The socket is read on plain threads (blocking), so neither the
     /// data path nor this task ever waits on the agent; replies are sent without blocking.
     pub async fn run(mut self) {
-        let (tx, mut rx) = mpsc::channel::<Event>(64);
         let Some(listener) = self.listener.take() else {
             return;
         };
+        let tx = self.events.clone();
         std::thread::Builder::new()
             .name("inpod-accept".into())
             .spawn(move || accept_loop(listener, tx))
             .expect("spawning the node-agent accept thread");
         let mut session: Option<Session> = None;
-        while let Some(event) = rx.recv().await {
+        // Shutting down: who to tell once the listeners are closed, and until when to wait
+        // for the agent to leave.
+        let mut closing: Option<(tokio::time::Instant, oneshot::Sender<()>)> = None;
+        loop {
+            if closing.is_some() && session.is_none() {
+                self.close_all().await;
+                let (_, done) = closing.take().expect("checked");
+                let _ = done.send(());
+                // Only the agent's del_pod/snapshot could still reach us; nothing to serve.
+                return;
+            }
+            let deadline = closing.as_ref().map(|(d, _)| *d);
+            let event = tokio::select! {
+                e = self.inbox.recv() => e,
+                () = sleep_until_opt(deadline) => {
+                    warn!("the node agent is still connected after the handover wait: closing the pods' listeners anyway");
+                    session = None;
+                    continue;
+                }
+            };
+            let Some(event) = event else { return };
             match event {
+                Event::Shutdown(handover, done) => {
+                    info!(
+                        agent_connected = session.is_some(),
+                        "shutting down: the pods' listeners close once the node agent has moved on"
+                    );
+                    closing = Some((tokio::time::Instant::now() + handover, done));
+                }
                 Event::Connected(id, conn) => {
                     if let Some(old) = session.take() {
                         info!("node agent reconnected: replacing its previous connection");
@@ -129,6 +204,15 @@ impl InpodServer {
                 }
             }
         }
+    }
+
+    /// Closes every pod's listeners (connections already accepted go on).
+    async fn close_all(&mut self) {
+        let uids = self.manager.pod_uids();
+        for uid in &uids {
+            self.manager.remove_pod_wait(uid).await;
+        }
+        info!(pods = uids.len(), "closed every pod's listeners");
     }
 
     fn protocol_error(&self, uid: Option<String>, message: String) -> ZtunnelMessage {
@@ -248,6 +332,13 @@ impl InpodServer {
             netns: None,
             waypoint: None,
         })
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

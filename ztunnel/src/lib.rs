@@ -9,6 +9,7 @@ pub mod admin;
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod inpod;
 pub mod inpod_server;
 pub mod metrics;
@@ -19,17 +20,19 @@ pub mod stream_source;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ambit_core::certs::{CertManager, CertificateProvider};
 use ambit_core::hbone::client::{Pool, PoolConfig};
 
 use crate::admin::AdminState;
 use crate::inpod::InpodManager;
-use crate::inpod_server::InpodServer;
+use crate::inpod_server::{InpodHandle, InpodServer};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyInputs;
 use crate::source::ConfigSource;
 use anyhow::Context;
+use tracing::{info, warn};
 
 pub struct Options {
     /// This node's name; workloads with `node` equal to it are served here.
@@ -48,6 +51,17 @@ pub struct Options {
 /// A running ztunnel's handles (for the binary and in-process tests).
 pub struct Ztunnel {
     pub inputs: Arc<ProxyInputs>,
+    inpod: Option<InpodHandle>,
+}
+
+/// How a terminating ztunnel leaves (see [`Ztunnel::shutdown`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ShutdownTimeouts {
+    /// Longest wait for the node agent to move to a newer ztunnel before the pods' listeners
+    /// close.
+    pub handover: Duration,
+    /// Longest wait, after that, for open connections to end.
+    pub drain: Duration,
 }
 
 impl Ztunnel {
@@ -65,6 +79,7 @@ impl Ztunnel {
             certs: CertManager::new(opts.certs),
             pool: Pool::new(opts.pool),
             metrics,
+            conns: Arc::default(),
         });
         let manager = InpodManager::new(inputs.clone());
         admin::start(
@@ -80,16 +95,40 @@ impl Ztunnel {
             opts.readiness_addr,
         )
         .await?;
-        match &opts.inpod_socket {
+        let inpod = match &opts.inpod_socket {
             Some(path) => {
-                let server = InpodServer::bind(path, manager)
+                let (server, handle) = InpodServer::bind(path, manager)
                     .with_context(|| format!("opening the node-agent socket {}", path.display()))?;
                 tokio::spawn(server.run());
+                Some(handle)
             }
             None => {
                 tokio::spawn(manager.run_file_mode());
+                None
             }
+        };
+        Ok(Self { inputs, inpod })
+    }
+
+    /// Leaves without cutting traffic (node-agent mode; in file mode it returns at once):
+    /// the pods' listeners close once the node agent has moved on (a newer ztunnel's
+    /// listeners already share their ports), inbound HBONE connections get a GOAWAY so peers
+    /// open new streams on the newer ztunnel, and open connections get up to `drain` to end.
+    pub async fn shutdown(self, t: ShutdownTimeouts) {
+        let Some(inpod) = self.inpod else { return };
+        inpod.close_listeners(t.handover).await;
+        self.inputs.conns.start_drain();
+        let open = self.inputs.conns.active();
+        if open > 0 {
+            info!(connections = open, timeout = ?t.drain, "draining open connections");
         }
-        Ok(Self { inputs })
+        match self.inputs.conns.wait_idle(t.drain).await {
+            0 => info!("every connection ended"),
+            left => warn!(
+                connections = left,
+                "drain timeout: closing the connections still open"
+            ),
+        }
+        inpod.remove_socket();
     }
 }

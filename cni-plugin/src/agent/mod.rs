@@ -403,14 +403,31 @@ impl Agent {
             );
         }
         match &st.ztunnel {
-            Some(client) if !client.is_closed() => return Ok(()),
-            Some(_) => {
+            Some(client) if client.is_closed() => {
                 // ztunnel restarted or crashed: reconnect below, which replays every pod.
                 warn!("ztunnel closed the in-pod connection");
                 st.ztunnel = None;
             }
+            // An upgrade: a new ztunnel bound the socket path beside the running one. Keep
+            // the old connection until the new one has every pod, then leave the old
+            // ztunnel, which closes its listeners only after that.
+            Some(client) if client.superseded() => {
+                info!("a new ztunnel is listening: moving the pods to it");
+                if let Err(why) = self.connect_and_replay(st) {
+                    // The old ztunnel still serves every pod: keep it, try again next round.
+                    warn!(error = %why, "moving to the new ztunnel failed; staying with the old one");
+                }
+                return Ok(());
+            }
+            Some(_) => return Ok(()),
             None => {}
         }
+        self.connect_and_replay(st)
+    }
+
+    /// Connects to whichever ztunnel listens at the socket path now, replays every captured
+    /// pod and makes it the connection in use (dropping the previous one, if any).
+    fn connect_and_replay(&self, st: &mut State) -> Result<(), String> {
         let client = AgentClient::connect(&self.opts.ztunnel_socket).map_err(|e| {
             let why = format!(
                 "ztunnel is not reachable at {}: {e}",

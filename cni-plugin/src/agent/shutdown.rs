@@ -1,6 +1,7 @@
 //! Leaving the node: when the mesh is removed, the agent takes the plugin out of the CNI
 //! config, releases every pod it captured (each pod's namespace ends up exactly as before
-//! enrollment, and ztunnel gets `del_pod`), and removes the node's probe-SNAT table.
+//! enrollment, and ztunnel gets `del_pod`), removes the node's probe-SNAT table, the plugin
+//! binary and its own socket.
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +73,14 @@ impl Agent {
                 Ok(()) => info!(dir = %bin_dir.display(), "removed the plugin binary"),
                 Err(e) => warn!(error = %e, "removing the plugin binary failed"),
             }
+        }
+        // The plugin is gone from every conflist, so nothing dials this socket any more.
+        match std::fs::remove_file(&self.opts.plugin_socket) {
+            Ok(()) => {
+                info!(socket = %self.opts.plugin_socket.display(), "removed the plugin socket")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(error = %e, "removing the plugin socket failed"),
         }
         done
     }

@@ -40,14 +40,14 @@ pub struct ControlPlaneArgs {
     #[arg(
         long,
         env = "AMBIT_ROOT_CERT",
-        default_value = "/var/run/ambit/ca/root-cert.pem"
+        default_value = "/var/run/secrets/ambit/ca/root-cert.pem"
     )]
     pub root_cert: PathBuf,
     /// Projected ServiceAccount token sent to the control plane (stream mode; re-read per connection).
     #[arg(
         long,
         env = "AMBIT_TOKEN_FILE",
-        default_value = "/var/run/secrets/tokens/ambit-token"
+        default_value = "/var/run/secrets/ambit/tokens/token"
     )]
     pub token_file: PathBuf,
     /// SPIFFE ID the control plane must present (default: the operator's in --trust-domain).

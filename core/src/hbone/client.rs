@@ -159,15 +159,45 @@ impl Pool {
 
     /// Opens a CONNECT stream to `authority` through the peer in `key`, reusing a pooled
     /// connection when one has room. `socket` and `tls` are only called to dial anew.
+    ///
+    /// A pooled connection the peer is closing (it sent GOAWAY because it drains for an
+    /// upgrade, or it went away) may refuse the new stream before its response: no byte of
+    /// the caller's was sent yet, so the stream is opened again on another connection. A
+    /// freshly dialed connection's failure is final.
     pub async fn connect(
         &self,
         key: &PoolKey,
-        socket: impl FnOnce() -> io::Result<TcpSocket>,
-        tls: impl FnOnce() -> Arc<rustls::ClientConfig>,
+        socket: impl Fn() -> io::Result<TcpSocket>,
+        tls: impl Fn() -> Arc<rustls::ClientConfig>,
         authority: SocketAddr,
         forwarded: Option<SocketAddr>,
     ) -> Result<Tunnel, HboneError> {
-        let conn = self.checkout(key, socket, tls).await?;
+        let mut stale = 0;
+        loop {
+            let (conn, dialed) = self.checkout(key, &socket, &tls).await?;
+            match self
+                .open_stream(key, conn.clone(), authority, forwarded)
+                .await
+            {
+                Err(e @ HboneError::H2 { .. })
+                    if !dialed && stale < self.inner.cfg.max_conns_per_key =>
+                {
+                    debug!(dst = %key.dst, error = %e, "pooled HBONE connection refused a new stream; opening it elsewhere");
+                    conn.closed.store(true, Ordering::Release);
+                    stale += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_stream(
+        &self,
+        key: &PoolKey,
+        conn: Arc<Conn>,
+        authority: SocketAddr,
+        forwarded: Option<SocketAddr>,
+    ) -> Result<Tunnel, HboneError> {
         let slot = StreamSlot(conn.clone());
         let mut req = Request::builder()
             .method(Method::CONNECT)
@@ -213,12 +243,13 @@ impl Pool {
         })
     }
 
+    /// A connection with room for one more stream, and whether it was dialed just now.
     async fn checkout(
         &self,
         key: &PoolKey,
         socket: impl FnOnce() -> io::Result<TcpSocket>,
         tls: impl FnOnce() -> Arc<rustls::ClientConfig>,
-    ) -> Result<Arc<Conn>, HboneError> {
+    ) -> Result<(Arc<Conn>, bool), HboneError> {
         let entry = {
             let mut keys = self.inner.keys.lock().expect("pool lock poisoned");
             keys.entry(key.clone()).or_default().clone()
@@ -232,12 +263,12 @@ impl Pool {
             .iter()
             .min_by_key(|c| c.active.load(Ordering::Acquire))
             .cloned();
-        let conn = match least_busy {
+        let (conn, dialed) = match least_busy {
             Some(c)
                 if c.active.load(Ordering::Acquire) < cfg.max_streams_per_conn
                     || conns.len() >= cfg.max_conns_per_key =>
             {
-                c
+                (c, false)
             }
             _ => {
                 let c = tokio::time::timeout(cfg.connect_timeout, dial(key, socket, tls))
@@ -247,11 +278,11 @@ impl Pool {
                         after: cfg.connect_timeout,
                     })??;
                 conns.push(c.clone());
-                c
+                (c, true)
             }
         };
         conn.active.fetch_add(1, Ordering::AcqRel);
-        Ok(conn)
+        Ok((conn, dialed))
     }
 }
 

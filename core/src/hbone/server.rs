@@ -89,6 +89,30 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
+    serve_connection_until(
+        io,
+        peer_identity,
+        peer_addr,
+        handler,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`serve_connection`] until `shutdown` resolves, then gracefully: a GOAWAY tells the
+/// peer to open new streams elsewhere, the streams already open run to their end, and the
+/// connection closes after them.
+pub async fn serve_connection_until<S, H>(
+    io: S,
+    peer_identity: Identity,
+    peer_addr: SocketAddr,
+    handler: H,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), h2::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
     let mut conn = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -97,7 +121,18 @@ where
         .max_header_list_size(16 * 1024)
         .handshake::<_, Bytes>(io)
         .await?;
-    while let Some(next) = conn.accept().await {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut going_away = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            () = &mut shutdown, if !going_away => {
+                going_away = true;
+                conn.graceful_shutdown();
+                continue;
+            }
+        };
+        let Some(next) = next else { break };
         let (req, respond) = next?;
         let handler = handler.clone();
         let peer_identity = peer_identity.clone();
@@ -193,6 +228,16 @@ pub async fn serve_tls<H: Handler>(
     config: std::sync::Arc<rustls::ServerConfig>,
     handler: H,
 ) -> Result<(), ServeError> {
+    serve_tls_until(tcp, config, handler, std::future::pending()).await
+}
+
+/// [`serve_tls`] with a graceful end when `shutdown` resolves (see [`serve_connection_until`]).
+pub async fn serve_tls_until<H: Handler>(
+    tcp: TcpStream,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    handler: H,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let peer = tcp.peer_addr()?;
     let tcp = tokio::io::BufReader::with_capacity(super::TLS_READ_BUFFER, tcp);
     let tls = tokio_rustls::TlsAcceptor::from(config)
@@ -201,7 +246,7 @@ pub async fn serve_tls<H: Handler>(
         .map_err(|source| ServeError::Tls { peer, source })?;
     let identity = crate::tls::peer_identity(tls.get_ref().1.peer_certificates())
         .ok_or(ServeError::NoIdentity(peer))?;
-    serve_connection(tls, identity, peer, handler)
+    serve_connection_until(tls, identity, peer, handler, shutdown)
         .await
         .map_err(|source| ServeError::H2 { peer, source })
 }

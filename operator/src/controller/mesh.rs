@@ -2,8 +2,10 @@
 //! certificate ConfigMap and the ztunnel / node-agent DaemonSets (server-side applied, owned by
 //! the Mesh), and the rollout state back into the Mesh status.
 //!
-//! Rollouts go node by node: the DaemonSets roll with `maxUnavailable` from the spec (capped
-//! below the node count, so never every ztunnel at once) and `maxSurge: 0`.
+//! Rollouts go node by node, `spec.upgrade.maxUnavailable` nodes at a time (capped below the
+//! node count): ztunnel surges (`maxSurge` = that count, `maxUnavailable: 0`: the new ztunnel
+//! takes the node's pods over before the old one leaves), the node agent is replaced
+//! (`maxUnavailable` = that count, `maxSurge: 0`).
 //!
 //! Deleting the Mesh removes the data plane in order: the DaemonSets go first with foreground
 //! deletion (each node agent sees its DaemonSet being deleted and takes the CNI plugin out of

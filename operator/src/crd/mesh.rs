@@ -235,8 +235,9 @@ pub enum FailurePolicy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeSpec {
-    /// Nodes whose ztunnel / node agent may be updating at once. At least 1; the operator never
-    /// takes every node at once.
+    /// Nodes whose ztunnel / node agent are updated at once. At least 1; the operator never
+    /// takes every node at once. A node's new ztunnel starts beside the old one, which leaves
+    /// once the new one serves the node's pods.
     #[serde(default = "one")]
     #[schemars(range(min = 1))]
     pub max_unavailable: i32,

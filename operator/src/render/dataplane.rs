@@ -207,13 +207,27 @@ fn node_security_context() -> SecurityContext {
     }
 }
 
+/// How a DaemonSet rolls over `nodes` nodes at a time.
+enum Roll {
+    /// The old pod goes, then the new one comes (the node agent: nothing is cut meanwhile).
+    Replace,
+    /// The new pod starts beside the old one, which goes once the new one is ready
+    /// (ztunnel: the pods' listeners are never all closed).
+    Surge,
+}
+
 fn daemonset(
     name: &str,
     cp: &ControlPlane,
     owner: &OwnerReference,
-    max_unavailable: i32,
+    (roll, nodes): (Roll, i32),
     pod: PodSpec,
 ) -> DaemonSet {
+    let nodes = IntOrString::Int(nodes.max(1));
+    let (max_unavailable, max_surge) = match roll {
+        Roll::Replace => (nodes, IntOrString::Int(0)),
+        Roll::Surge => (IntOrString::Int(0), nodes),
+    };
     let selector: BTreeMap<String, String> = [("app".to_string(), name.to_string())]
         .into_iter()
         .collect();
@@ -231,8 +245,8 @@ fn daemonset(
             update_strategy: Some(DaemonSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::Int(max_unavailable.max(1))),
-                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(max_unavailable),
+                    max_surge: Some(max_surge),
                 }),
             }),
             template: PodTemplateSpec {
@@ -269,8 +283,8 @@ pub fn ztunnel_daemonset(
     let args = vec![
         "--node=$(NODE_NAME)".to_string(),
         format!("--control-plane={}", cp.address),
-        "--root-cert=/var/run/ambit/ca/root-cert.pem".into(),
-        "--token-file=/var/run/ambit/token/token".into(),
+        "--root-cert=/var/run/secrets/ambit/ca/root-cert.pem".into(),
+        "--token-file=/var/run/secrets/ambit/tokens/token".into(),
         format!("--trust-domain={}", mesh.trust_domain),
         // The operator's SPIFFE ID follows its namespace (any install namespace works).
         format!(
@@ -299,8 +313,8 @@ pub fn ztunnel_daemonset(
         security_context: Some(node_security_context()),
         volume_mounts: Some(vec![
             mount("ambit-run", HOST_RUN_DIR, false),
-            mount("root-cert", "/var/run/ambit/ca", true),
-            mount("token", "/var/run/ambit/token", true),
+            mount("root-cert", "/var/run/secrets/ambit/ca", true),
+            mount("token", "/var/run/secrets/ambit/tokens", true),
         ]),
         ..Default::default()
     };
@@ -324,7 +338,7 @@ pub fn ztunnel_daemonset(
         ]),
         ..Default::default()
     };
-    daemonset(ZTUNNEL, cp, owner, max_unavailable, pod)
+    daemonset(ZTUNNEL, cp, owner, (Roll::Surge, max_unavailable), pod)
 }
 
 fn token_volume() -> Volume {
@@ -433,7 +447,7 @@ pub fn node_agent_daemonset(
         ]),
         ..Default::default()
     };
-    daemonset(NODE_AGENT, cp, owner, max_unavailable, pod)
+    daemonset(NODE_AGENT, cp, owner, (Roll::Replace, max_unavailable), pod)
 }
 
 /// The image tag each component rolls out (shown in the Mesh status).
@@ -500,7 +514,8 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(caps.add.as_ref().unwrap().len(), 3);
-        // Rolling one node at a time, never surging a second ztunnel onto a node.
+        // One node at a time, and the new ztunnel starts beside the old one: no node is
+        // ever without a ready ztunnel.
         let ru = ds
             .spec
             .unwrap()
@@ -508,8 +523,8 @@ mod tests {
             .unwrap()
             .rolling_update
             .unwrap();
-        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(1)));
-        assert_eq!(ru.max_surge, Some(IntOrString::Int(0)));
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
         assert_eq!(ds.metadata.owner_references.unwrap()[0].uid, "u1");
     }
 
@@ -534,8 +549,29 @@ mod tests {
         assert!(env
             .iter()
             .any(|e| e.name == "RUST_LOG" && e.value.as_deref() == Some("warn")));
-        let labels = ds.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+        let spec = ds.spec.unwrap();
+        let ru = spec.update_strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(2)));
+        assert_eq!(ru.max_surge, Some(IntOrString::Int(0)));
+        let labels = spec.template.metadata.unwrap().labels.unwrap();
         assert_eq!(labels["ambit.dev/dataplane-mode"], "none");
+    }
+
+    #[test]
+    fn no_mount_lies_under_the_host_run_dir() {
+        // A container mount inside a hostPath mount makes the runtime create its mount point
+        // on the node, where it outlives the mesh.
+        let mesh = spec("{}");
+        for ds in [
+            ztunnel_daemonset(&mesh, &cp(), &owner(), 1),
+            node_agent_daemonset(&mesh, &cp(), &owner(), 1),
+        ] {
+            let c = &ds.spec.unwrap().template.spec.unwrap().containers[0];
+            for m in c.volume_mounts.as_ref().unwrap() {
+                let nested = m.mount_path.starts_with(&format!("{HOST_RUN_DIR}/"));
+                assert!(!nested, "{} mounted under {HOST_RUN_DIR}", m.mount_path);
+            }
+        }
     }
 
     #[test]

@@ -67,8 +67,8 @@ pub fn render(
         format!("--control-plane={}", control_plane.address),
         format!("--trust-domain={}", mesh.trust_domain),
         format!("--operator-identity={operator_identity}"),
-        "--root-cert=/var/run/ambit/ca/root-cert.pem".to_string(),
-        "--token-file=/var/run/ambit/token/token".to_string(),
+        "--root-cert=/var/run/secrets/ambit/ca/root-cert.pem".to_string(),
+        "--token-file=/var/run/secrets/ambit/tokens/token".to_string(),
     ];
     if spec.access_log {
         args.push("--access-log".into());
@@ -115,13 +115,13 @@ pub fn render(
         volume_mounts: Some(vec![
             VolumeMount {
                 name: "root-cert".into(),
-                mount_path: "/var/run/ambit/ca".into(),
+                mount_path: "/var/run/secrets/ambit/ca".into(),
                 read_only: Some(true),
                 ..Default::default()
             },
             VolumeMount {
                 name: "token".into(),
-                mount_path: "/var/run/ambit/token".into(),
+                mount_path: "/var/run/secrets/ambit/tokens".into(),
                 read_only: Some(true),
                 ..Default::default()
             },

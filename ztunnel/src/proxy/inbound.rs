@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use ambit_core::hbone::server::{serve_tls, Accepted, Handler, HboneRequest, Reject, ServeError};
+use ambit_core::hbone::server::{
+    serve_tls_until, Accepted, Handler, HboneRequest, Reject, ServeError,
+};
 use ambit_core::socket::mesh_socket;
 use http::StatusCode;
 use tracing::{debug, info};
@@ -21,12 +23,15 @@ pub async fn serve(
         pod: pod.clone(),
         inputs: inputs.clone(),
     };
-    super::accept_loop(listener, "inbound", move |tcp, peer| {
+    let conns = inputs.conns.clone();
+    super::accept_loop(listener, conns, "inbound", move |tcp, peer| {
         let cfg = pod.server_tls.clone();
         let handler = handler.clone();
         let metrics = inputs.metrics.clone();
+        // Draining for an upgrade: GOAWAY, so the peer's next streams go to the new ztunnel.
+        let drain = inputs.conns.draining();
         async move {
-            match serve_tls(tcp, cfg, handler).await {
+            match serve_tls_until(tcp, cfg, handler, drain).await {
                 Err(error @ (ServeError::Tls { .. } | ServeError::NoIdentity(_))) => {
                     info!(%peer, %error, "inbound: mTLS handshake refused");
                     metrics.fail("destination", "tls_handshake_failed");

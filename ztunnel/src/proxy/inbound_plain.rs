@@ -19,7 +19,8 @@ pub async fn serve(
     pod: Arc<PodContext>,
     inputs: Arc<ProxyInputs>,
 ) {
-    super::accept_loop(listener, "inbound_plaintext", move |stream, peer| {
+    let conns = inputs.conns.clone();
+    super::accept_loop(listener, conns, "inbound_plaintext", move |stream, peer| {
         handle(stream, peer, pod.clone(), inputs.clone())
     })
     .await

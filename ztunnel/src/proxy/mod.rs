@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::warn;
 
+use crate::drain::ConnTracker;
 use crate::metrics::Metrics;
 use crate::state::{ProxyState, Workload};
 
@@ -41,6 +42,8 @@ pub struct ProxyInputs {
     pub certs: Arc<CertManager>,
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
+    /// Every proxied connection, for the drain at shutdown.
+    pub conns: Arc<ConnTracker>,
 }
 
 impl ProxyInputs {
@@ -66,9 +69,14 @@ impl PodContext {
     }
 }
 
-/// Accepts forever, handing each connection to `handle` on its own task.
-pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
-where
+/// Accepts forever, handing each connection to `handle` on its own task (counted in
+/// `conns` until it ends).
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    conns: Arc<ConnTracker>,
+    what: &'static str,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -77,7 +85,12 @@ where
             Ok((stream, peer)) => {
                 // Proxied request/response traffic must not wait on Nagle's algorithm.
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(handle(stream, peer));
+                let guard = conns.track();
+                let conn = handle(stream, peer);
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(guard);
+                });
             }
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning; the listener stays.

@@ -23,7 +23,8 @@ pub async fn serve(
     pod: Arc<PodContext>,
     inputs: Arc<ProxyInputs>,
 ) {
-    super::accept_loop(listener, "outbound", move |stream, peer| {
+    let conns = inputs.conns.clone();
+    super::accept_loop(listener, conns, "outbound", move |stream, peer| {
         handle(stream, peer, pod.clone(), inputs.clone())
     })
     .await

@@ -143,7 +143,7 @@ impl Handler for Relay {
             .connect(
                 &key,
                 || me.netns.run(|| mesh_socket(key.dst, None))?,
-                || client_config(me.slot.clone(), vec![id]),
+                || client_config(me.slot.clone(), vec![id.clone()]),
                 endpoint,
                 req.forwarded_for,
             )
