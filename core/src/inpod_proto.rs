@@ -256,7 +256,7 @@ impl AgentClient {
     pub fn superseded(&self) -> bool {
         self.socket
             .as_ref()
-            .is_some_and(|s| BoundSocket::of(&s.path).is_ok() && !s.is_current())
+            .is_some_and(|s| BoundSocket::of(&s.path).is_ok_and(|now| !s.same_file(&now)))
     }
 
     /// True when ztunnel has gone away (closed or reset the connection). ztunnel never
@@ -370,7 +370,11 @@ impl BoundSocket {
 
     /// Whether `path` still names the socket this listener bound.
     pub fn is_current(&self) -> bool {
-        Self::of(&self.path).is_ok_and(|now| now.dev == self.dev && now.ino == self.ino)
+        Self::of(&self.path).is_ok_and(|now| self.same_file(&now))
+    }
+
+    fn same_file(&self, other: &BoundSocket) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
     }
 
     /// Removes the socket file if it is still ours. Returns whether it did.
